@@ -1,0 +1,1 @@
+"""deal's framework-free engine: reward-guided decoding on local Hugging Face models."""
