@@ -1,1 +1,43 @@
-"""deal's framework-free engine: reward-guided decoding on local Hugging Face models."""
+"""deal's framework-free engine: reward-guided decoding on local Hugging Face models.
+
+Example:
+    >>> from shared_core import generate, load_model
+    >>> model = load_model("smollm2")                                         # doctest: +SKIP
+    >>> generate(model, "Give me two tips for staying safe online.").text    # doctest: +SKIP
+"""
+
+from shared_core.decoding import (
+    GenerationStream,
+    Strategy,
+    generate,
+    get_strategy,
+    list_strategies,
+    register_strategy,
+    stream,
+)
+from shared_core.errors import ConfigError, DealError, ModelLoadError, RewardError
+from shared_core.models import DEFAULT_MODEL, EMBEDDED_MODELS, LocalModel, load_model
+from shared_core.result import GenerationResult, GenerationStats, RewardScore
+from shared_core.rewards.base import Reward
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "ConfigError",
+    "DealError",
+    "GenerationResult",
+    "GenerationStats",
+    "GenerationStream",
+    "LocalModel",
+    "ModelLoadError",
+    "Reward",
+    "RewardError",
+    "RewardScore",
+    "Strategy",
+    "generate",
+    "get_strategy",
+    "list_strategies",
+    "load_model",
+    "register_strategy",
+    "stream",
+]

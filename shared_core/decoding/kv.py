@@ -1,0 +1,84 @@
+"""Forward passes with a KV cache, counted per model.
+
+Strategies never re-encode what is cached: the prompt is prefilled once, then each step feeds only new
+tokens. ``score_candidates`` evaluates k candidate next tokens in one forward over a single row with a
+tree attention mask (each candidate attends to the cached prefix and to itself, all at the same
+position), so the cache is not copied k times; the candidates are cropped off the cache afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from shared_core.models import LocalModel
+from shared_core.result import GenerationStats
+
+
+class ModelRunner:
+    """Runs one model's forward passes and counts them in ``stats.forward_passes[label]``."""
+
+    def __init__(self, lm: LocalModel, stats: GenerationStats, label: str = "policy") -> None:
+        self.lm = lm
+        self.stats = stats
+        self.label = label
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    def _forward(self, **kwargs: Any) -> Any:
+        self.stats.count_forward(self.label)
+        with torch.inference_mode():
+            return self.lm.model(use_cache=True, **kwargs)
+
+    def prefill(self, ids: Sequence[int], cache: Any = None) -> tuple[torch.Tensor, Any]:
+        """Encodes ``ids`` (after ``cache``, if given); returns the last position's logits (vocab,) and the cache."""
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "logits_to_keep": 1}
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        out = self._forward(**kwargs)
+        return out.logits[0, -1], out.past_key_values
+
+    def step(
+        self,
+        cache: Any,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        all_positions: bool = False,
+    ) -> torch.Tensor:
+        """Feeds ``input_ids`` (rows, new) after ``cache``; returns logits (rows, vocab), or (rows, new, vocab)."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "past_key_values": cache}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        if not all_positions:
+            kwargs["logits_to_keep"] = 1
+        logits = self._forward(**kwargs).logits
+        return logits if all_positions else logits[:, -1]
+
+    def score_candidates(self, cache: Any, candidates: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (k, vocab) after each of k candidate tokens, in one forward; ``cache`` is unchanged."""
+        k = int(candidates.shape[0])
+        prefix_len = cache.get_seq_length()
+        mask = tree_mask(prefix_len, k, self.lm.dtype, self.device)
+        positions = torch.full((1, k), prefix_len, dtype=torch.long, device=self.device)
+        logits = self.step(
+            cache, candidates.view(1, k), attention_mask=mask, position_ids=positions, all_positions=True
+        )
+        cache.crop(prefix_len)
+        return logits[0]
+
+
+def tree_mask(prefix_len: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A (1, 1, k, prefix_len + k) additive mask: candidate i sees the prefix and itself only."""
+    mask = torch.full((k, prefix_len + k), torch.finfo(dtype).min, dtype=dtype, device=device)
+    mask[:, :prefix_len] = 0
+    mask[:, prefix_len:].fill_diagonal_(0)
+    return mask.view(1, 1, k, prefix_len + k)

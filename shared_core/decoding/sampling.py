@@ -1,0 +1,70 @@
+"""Turning next-token logits into a choice: greedy argmax or seeded sampling with temperature/top-k/top-p."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class SamplingParams(BaseModel):
+    """Sampling settings shared by every strategy that samples.
+
+    ``temperature=0`` means greedy. ``top_k=0`` and ``top_p=1`` disable those filters.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(1.0, ge=0.0, description="softmax temperature; 0 = greedy")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = all")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus mass to keep")
+
+    @field_validator("temperature", "top_p")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def warp_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Applies temperature, top-k and top-p to ``logits`` (..., vocab); filtered entries become -inf."""
+    scores = logits.float()
+    if params.temperature not in (0.0, 1.0):
+        scores = scores / params.temperature
+    if params.top_k > 0 and params.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        probs = sorted_scores.softmax(dim=-1)
+        # drop a token when the mass *before* it already reaches top_p (the top token always stays)
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= params.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
+
+
+def choose_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token id per row of ``logits`` (rows, vocab): argmax when greedy, else a seeded sample."""
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    probs = warp_logits(logits, params).softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A torch generator on ``device``: seeded for reproducible sampling, else from fresh entropy."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
