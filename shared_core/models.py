@@ -185,10 +185,11 @@ def _hub_offline_error(hub_id: str) -> ModelLoadError:
     )
 
 
-def _gguf_cache_folder(gguf: Path, alias: str | None) -> Path:
+def _gguf_cache_folder(gguf: Path) -> Path:
+    """One converted folder per GGUF file (path, size and mtime), whether named by alias or by path."""
     stat = gguf.stat()
     digest = hashlib.sha1(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"{alias or gguf.stem}-{digest}"
+    return cache_dir() / "models" / f"{gguf.stem}-{digest}"
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -223,7 +224,7 @@ def resolve_model_source(name_or_path: str) -> str:
     source = locate_model(name_or_path)
     if source.kind == "gguf":
         gguf = Path(source.location)
-        folder = _gguf_cache_folder(gguf, source.alias)
+        folder = _gguf_cache_folder(gguf)
         if not (folder / "config.json").exists():
             cached(("convert", str(folder)), lambda: _convert_gguf(gguf, folder))
         return str(folder)

@@ -9,7 +9,9 @@ Strategies that look ahead read ``job.remaining`` and ``job.finished``.
 
 from __future__ import annotations
 
+import copy
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,8 @@ class DecodeJob:
     stats: GenerationStats
     state: StopState
     prefix: PrefixCache | None = None
+    prompt: Any = None  # the prompt as given (string or chat messages), for models that render it themselves
+    chat: bool | None = None  # the ``chat`` flag the prompt was rendered with
     runners: dict[str, ModelRunner] = field(default_factory=dict)
 
     @property
@@ -78,14 +82,16 @@ class DecodeJob:
     def prefill(self) -> tuple[torch.Tensor, Any]:
         """Encodes the prompt into a fresh KV cache; reuses a cached prefix (copied) when one is set."""
         runner = self.runner()
+        started = time.perf_counter()
         if self.prefix is not None and tuple(self.prompt_ids[: len(self.prefix.ids)]) == self.prefix.ids:
-            import copy
-
             cache = copy.deepcopy(self.prefix.cache)
             rest = self.prompt_ids[len(self.prefix.ids) :]
             self.stats.extra["prefix_tokens_reused"] = len(self.prefix.ids)
-            return runner.prefill(rest, cache=cache)
-        return runner.prefill(self.prompt_ids)
+            result = runner.prefill(rest, cache=cache)
+        else:
+            result = runner.prefill(self.prompt_ids)
+        self.stats.extra["prefill_seconds"] = time.perf_counter() - started
+        return result
 
     def candidate_text(self, continuation_ids: Sequence[int]) -> str:
         """The text a reward should see for a candidate continuation (stop strings applied)."""

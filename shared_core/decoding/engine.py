@@ -12,6 +12,7 @@ from typing import Any, Union
 from shared_core.decoding.base import DecodeJob, PrefixCache, Strategy, get_strategy, validate_params
 from shared_core.decoding.sampling import make_generator
 from shared_core.decoding.stopping import StopState
+from shared_core.decoding.urial_mode import UrialOptions, parse_urial_option, render_urial, urial_deltas
 from shared_core.errors import ConfigError
 from shared_core.models import LocalModel, load_model, validate_messages
 from shared_core.result import GenerationResult, GenerationStats
@@ -141,6 +142,7 @@ class _Request:
         tools: Sequence[Mapping[str, Any]] | None,
         prefix: PrefixCache | None,
         params: dict[str, Any],
+        urial: Any = False,
     ) -> None:
         if not isinstance(strategy, str):
             raise ConfigError("strategy", f"must be a strategy name, got {type(strategy).__name__}")
@@ -149,6 +151,11 @@ class _Request:
         self.stops = validate_common(max_new_tokens, stop, seed)
         for i, prompt in enumerate(prompts):
             validate_prompt(prompt, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+        self.urial: UrialOptions | None = parse_urial_option(urial)
+        if self.urial is not None:
+            from shared_core.urial import URIAL_STOP_STRINGS
+
+            self.stops = self.stops + tuple(s for s in URIAL_STOP_STRINGS if s not in self.stops)
         self.reward = resolve_reward(reward)
         if self.strategy_cls.needs_reward and self.reward is None:
             raise ConfigError("reward", f"strategy {self.strategy_cls.name!r} needs a reward (a spec, a policy name or a callable)")
@@ -164,17 +171,22 @@ class _Request:
         lm = self.model_arg if isinstance(self.model_arg, LocalModel) else load_model(self.model_arg)
         jobs = []
         for i, prompt in enumerate(self.prompts):
-            ids = lm.render(prompt, chat=self.chat, tools=self.tools)
+            stats = GenerationStats()
+            prefix = self.prefix
+            if self.urial is not None:
+                ids, prefix = render_urial(lm, prompt, self.urial, self.max_new_tokens, stats)
+            else:
+                ids = lm.render(prompt, chat=self.chat, tools=self.tools)
             if len(ids) >= lm.context_window:
                 raise ConfigError("prompt", f"is {len(ids)} tokens but the model's context window is {lm.context_window} tokens")
-            stats = GenerationStats(prompt_tokens=len(ids))
+            stats.prompt_tokens = len(ids)
             seed = None if self.seed is None else self.seed + i
             jobs.append(DecodeJob(
                 model=lm, prompt_ids=ids, prompt_text=request_text(prompt), params=self.params,
                 reward=self.reward, max_new_tokens=self.max_new_tokens,
                 generator=make_generator(seed, lm.device), stats=stats,
                 state=StopState(lm.decode, lm.eos_token_ids, self.stops, self.max_new_tokens),
-                prefix=self.prefix,
+                prefix=prefix, prompt=prompt, chat=self.chat,
             ))
         return jobs
 
@@ -184,12 +196,29 @@ class _Request:
             state.finish("length")
         job.stats.new_tokens = len(state.token_ids)
         job.stats.seconds = seconds
-        reward = final_score(self.reward, state.text, prompt=job.prompt_text) if self.reward is not None else None
+        text = self.final_text(job)
+        reward = final_score(self.reward, text, prompt=job.prompt_text) if self.reward is not None else None
         assert state.finish_reason is not None
         return GenerationResult(
-            text=state.text, token_ids=list(state.token_ids), finish_reason=state.finish_reason,
+            text=text, token_ids=list(state.token_ids), finish_reason=state.finish_reason,
             reward=reward, stats=job.stats, strategy=self.strategy_cls.name, model=job.model.name,
         )
+
+
+    def final_text(self, job: DecodeJob) -> str:
+        """The answer shown to the user: the decoded text, cleaned of URIAL's format when it is on."""
+        if self.urial is not None:
+            from shared_core.urial import parse_urial_answer
+
+            return parse_urial_answer(job.state.text)
+        return job.state.text
+
+    def deltas(self, strategy: Strategy, job: DecodeJob) -> Iterator[str]:
+        """The text deltas a reader sees; they add up to :meth:`final_text`."""
+        raw = _drive(strategy, job)
+        if self.urial is not None:
+            return urial_deltas(lambda: job.state.text, raw)
+        return raw
 
 
 def _drive(strategy: Strategy, job: DecodeJob) -> Iterator[str]:
@@ -241,6 +270,7 @@ def stream(
     chat: bool | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
     prefix: PrefixCache | None = None,
+    urial: bool | str | Mapping[str, Any] | UrialOptions = False,
     **params: Any,
 ) -> GenerationStream:
     """Like :func:`generate` for one prompt, but returns an iterator of text deltas as they are decided.
@@ -252,14 +282,14 @@ def stream(
     if not (isinstance(prompt, str) or _is_messages(prompt)):
         raise ConfigError("prompt", "stream takes one prompt (a string or a list of chat messages), not a batch")
     request = _Request(model, [prompt], strategy=strategy, reward=reward, max_new_tokens=max_new_tokens,
-                       stop=stop, seed=seed, chat=chat, tools=tools, prefix=prefix, params=params)
+                       stop=stop, seed=seed, chat=chat, tools=tools, prefix=prefix, params=params, urial=urial)
     started = time.perf_counter()
     holder: dict[str, DecodeJob] = {}
 
     def deltas() -> Iterator[str]:
         job = request.jobs()[0]
         holder["job"] = job
-        yield from _drive(request.strategy_cls(), job)
+        yield from request.deltas(request.strategy_cls(), job)
 
     def finish() -> GenerationResult:
         return request.result(holder["job"], time.perf_counter() - started)
@@ -279,6 +309,7 @@ def generate(
     chat: bool | None = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
     prefix: PrefixCache | None = None,
+    urial: bool | str | Mapping[str, Any] | UrialOptions = False,
     **params: Any,
 ) -> GenerationResult | list[GenerationResult]:
     """Generates a continuation with a decoding strategy, optionally steered by a reward.
@@ -294,6 +325,9 @@ def generate(
         seed: makes sampling reproducible.
         chat: force (True) or skip (False) the chat template for a string prompt.
         tools: tool schemas (OpenAI format) rendered through the chat template.
+        urial: align with the URIAL in-context prompt instead of the chat template: ``True`` (the
+            "safe" variant), ``"help"``, or ``{"variant", "examples", "preamble"}``. Works with any
+            strategy; the preamble's KV cache is computed once per model and reused.
         **params: the strategy's own parameters (e.g. ``temperature`` for ``"sample"``).
 
     Example:
@@ -302,10 +336,10 @@ def generate(
     """
     prompts, is_batch = split_batch(prompt)
     request = _Request(model, prompts, strategy=strategy, reward=reward, max_new_tokens=max_new_tokens,
-                       stop=stop, seed=seed, chat=chat, tools=tools, prefix=prefix, params=params)
+                       stop=stop, seed=seed, chat=chat, tools=tools, prefix=prefix, params=params, urial=urial)
     jobs = request.jobs()
     strategy_obj = request.strategy_cls()
-    if is_batch and len(jobs) > 1:
+    if is_batch and len(jobs) > 1 and all(job.prefix is None for job in jobs):
         started = time.perf_counter()
         if _drive_batch(strategy_obj, jobs):
             seconds = time.perf_counter() - started
@@ -315,7 +349,24 @@ def generate(
     results = []
     for job in jobs:
         started = time.perf_counter()
-        for _ in _drive(strategy_obj, job):
+        for _ in request.deltas(strategy_obj, job):
             pass
         results.append(request.result(job, time.perf_counter() - started))
     return results if is_batch else results[0]
+
+
+def validate_request(
+    prompt: Prompt | Sequence[Prompt],
+    *,
+    strategy: str = "greedy",
+    reward: Any = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    stop: str | Sequence[str] | None = None,
+    seed: int | None = None,
+    params: dict[str, Any] | None = None,
+    urial: Any = False,
+) -> None:
+    """Runs every check :func:`generate` runs, without loading a model (the CLI calls it first)."""
+    prompts, _ = split_batch(prompt)
+    _Request("unused", prompts, strategy=strategy, reward=reward, max_new_tokens=max_new_tokens, stop=stop,
+             seed=seed, chat=None, tools=None, prefix=None, params=dict(params or {}), urial=urial)

@@ -1,0 +1,160 @@
+"""The ``deal`` command line: ``deal generate``, ``deal demo``, ``deal models``, ``deal strategies``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from shared_core.errors import DealError
+
+app = typer.Typer(
+    name="deal",
+    help="Test-time alignment: reward-guided decoding on local models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def parse_param(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, booleans, lists), else a string."""
+    if "=" not in item:
+        raise DealError(f"--param: expected KEY=VALUE, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise DealError(f"--param: empty key in {item!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def parse_reward_option(raw: str | None) -> Any:
+    """``--reward`` takes a JSON spec or a policy name; JSON-looking text must be valid JSON."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text[:1] in "{[\"" or text[:1].isdigit():
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DealError(f"--reward: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {raw!r}") from exc
+    return text
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt (sent as a user message to chat models).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Embedded alias, model folder, .gguf file or hub id.")] = "smollm2",
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="A registered strategy (see `deal strategies`).")] = "greedy",
+    reward: Annotated[Optional[str], typer.Option("--reward", "-r", help="Reward spec as JSON, or a policy name.")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Strategy parameter KEY=VALUE (repeatable).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.")] = 256,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")] = None,
+    urial: Annotated[bool, typer.Option("--urial", help="Align with the URIAL in-context prompt (for base models).")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+) -> None:
+    """Generate a continuation, optionally steered by a reward."""
+    from shared_core import decoding
+    from shared_core.models import load_model
+
+    try:
+        params = dict(parse_param(p) for p in (param or []))
+        reward_value = parse_reward_option(reward)
+        extra: dict[str, Any] = {"urial": True} if urial else {}
+        _quiet_transformers()
+        # validate everything (strategy, params, reward, prompt) before loading weights
+        decoding.engine.validate_request(
+            prompt, strategy=strategy, reward=reward_value, max_new_tokens=max_new_tokens,
+            stop=stop, seed=seed, params=params, urial=urial,
+        )
+        lm = load_model(model, device=device)
+        kwargs: dict[str, Any] = dict(strategy=strategy, reward=reward_value, max_new_tokens=max_new_tokens,
+                                      stop=stop, seed=seed, **extra, **params)
+        if as_json:
+            result = decoding.generate(lm, prompt, **kwargs)
+            assert not isinstance(result, list)
+            payload = {
+                "text": result.text,
+                "strategy": result.strategy,
+                "model": model,
+                "finish_reason": result.finish_reason,
+                "new_tokens": result.stats.new_tokens,
+                "prompt_tokens": result.stats.prompt_tokens,
+                "seconds": round(result.stats.seconds, 4),
+                "forward_passes": result.stats.forward_passes,
+                "reward": None if result.reward is None else {
+                    "total": result.reward.total, "components": result.reward.components},
+            }
+            typer.echo(json.dumps(payload, ensure_ascii=False))
+            return
+        text_stream = decoding.stream(lm, prompt, **kwargs)
+        for delta in text_stream:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    except DealError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option("--model", "-m", help="The model to demonstrate on.")] = "smollm2",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 64,
+    quick: Annotated[bool, typer.Option("--quick", help="One prompt per reward instead of all.")] = False,
+) -> None:
+    """Plain greedy vs aligned decoding, side by side, on the embedded model."""
+    from shared_core.demo import run_demo
+
+    try:
+        _quiet_transformers()
+        run_demo(model=model, max_new_tokens=max_new_tokens, quick=quick)
+    except DealError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def models() -> None:
+    """List the embedded model aliases (they work offline)."""
+    from shared_core.models import DEFAULT_MODEL, EMBEDDED_MODELS
+
+    for alias, info in EMBEDDED_MODELS.items():
+        mark = " (default)" if alias == DEFAULT_MODEL else ""
+        typer.echo(f"{alias}{mark}: {info.description}")
+
+
+@app.command()
+def strategies() -> None:
+    """List the registered decoding strategies and their parameters."""
+    from shared_core.decoding import get_strategy, list_strategies
+
+    for name in list_strategies():
+        cls = get_strategy(name)
+        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Params.model_fields.items())
+        typer.echo(f"{name}: {cls.description}" + (f"  [{fields}]" if fields else ""))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
