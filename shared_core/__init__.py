@@ -17,10 +17,34 @@ from shared_core.decoding import (
 )
 from shared_core.errors import ConfigError, DealError, ModelLoadError, RewardError
 from shared_core.models import DEFAULT_MODEL, EMBEDDED_MODELS, LocalModel, load_model
+from shared_core.policies import list_policies, register_policy, resolve_policy, unregister_policy
 from shared_core.result import GenerationResult, GenerationStats, RewardScore
-from shared_core.rewards.base import Reward
+from shared_core.rewards import (
+    CallableReward,
+    ClassifierReward,
+    KeywordsReward,
+    LengthReward,
+    Reward,
+    SafetyReward,
+    WeightedReward,
+)
+from shared_core.specs import Policy, RewardSpec, build_reward, parse_reward_spec
 
 __all__ = [
+    "CallableReward",
+    "ClassifierReward",
+    "KeywordsReward",
+    "LengthReward",
+    "Policy",
+    "RewardSpec",
+    "SafetyReward",
+    "WeightedReward",
+    "build_reward",
+    "list_policies",
+    "parse_reward_spec",
+    "register_policy",
+    "resolve_policy",
+    "unregister_policy",
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
     "ConfigError",

@@ -62,8 +62,9 @@ def _quiet_transformers() -> None:
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt (sent as a user message to chat models).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Embedded alias, model folder, .gguf file or hub id.")] = "smollm2",
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help="A registered strategy (see `deal strategies`).")] = "greedy",
+    strategy: Annotated[Optional[str], typer.Option("--strategy", "-s", help="A registered strategy (see `deal strategies`); greedy by default.")] = None,
     reward: Annotated[Optional[str], typer.Option("--reward", "-r", help="Reward spec as JSON, or a policy name.")] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", help="A named policy (reward + strategy + parameters).")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Strategy parameter KEY=VALUE (repeatable).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.")] = 256,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling.")] = None,
@@ -83,11 +84,11 @@ def generate(
         _quiet_transformers()
         # validate everything (strategy, params, reward, prompt) before loading weights
         decoding.engine.validate_request(
-            prompt, strategy=strategy, reward=reward_value, max_new_tokens=max_new_tokens,
+            prompt, strategy=strategy, reward=reward_value, policy=policy, max_new_tokens=max_new_tokens,
             stop=stop, seed=seed, params=params, urial=urial,
         )
         lm = load_model(model, device=device)
-        kwargs: dict[str, Any] = dict(strategy=strategy, reward=reward_value, max_new_tokens=max_new_tokens,
+        kwargs: dict[str, Any] = dict(strategy=strategy, reward=reward_value, policy=policy, max_new_tokens=max_new_tokens,
                                       stop=stop, seed=seed, **extra, **params)
         if as_json:
             result = decoding.generate(lm, prompt, **kwargs)

@@ -88,6 +88,27 @@ def resolve_reward(reward: Any) -> Reward | None:
     return build_reward(reward)
 
 
+def apply_policy(
+    policy: str | None, strategy: str | None, reward: Any, params: dict[str, Any]
+) -> tuple[str, Any, dict[str, Any]]:
+    """Fills strategy, reward and parameters from a named policy; explicit arguments win."""
+    if policy is None:
+        return strategy or "greedy", reward, params
+    from shared_core.policies import resolve_policy
+
+    if not isinstance(policy, str):
+        raise ConfigError("policy", f"must be a registered policy name, got {type(policy).__name__}")
+    try:
+        chosen = resolve_policy(policy)
+    except ConfigError as exc:
+        raise ConfigError("policy", str(exc).split(": ", 1)[1]) from exc
+    return (
+        strategy or chosen.strategy or "greedy",
+        reward if reward is not None else chosen.reward,
+        {**chosen.params, **params} if (strategy is None or strategy == chosen.strategy) else params,
+    )
+
+
 class GenerationStream(Iterator[str]):
     """An iterator of text deltas; after it is exhausted, ``result`` holds the GenerationResult.
 
@@ -262,8 +283,9 @@ def stream(
     model: LocalModel | str,
     prompt: Prompt,
     *,
-    strategy: str = "greedy",
+    strategy: str | None = None,
     reward: Any = None,
+    policy: str | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     stop: str | Sequence[str] | None = None,
     seed: int | None = None,
@@ -281,6 +303,7 @@ def stream(
     """
     if not (isinstance(prompt, str) or _is_messages(prompt)):
         raise ConfigError("prompt", "stream takes one prompt (a string or a list of chat messages), not a batch")
+    strategy, reward, params = apply_policy(policy, strategy, reward, params)
     request = _Request(model, [prompt], strategy=strategy, reward=reward, max_new_tokens=max_new_tokens,
                        stop=stop, seed=seed, chat=chat, tools=tools, prefix=prefix, params=params, urial=urial)
     started = time.perf_counter()
@@ -301,8 +324,9 @@ def generate(
     model: LocalModel | str,
     prompt: Prompt | Sequence[Prompt],
     *,
-    strategy: str = "greedy",
+    strategy: str | None = None,
     reward: Any = None,
+    policy: str | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     stop: str | Sequence[str] | None = None,
     seed: int | None = None,
@@ -318,8 +342,10 @@ def generate(
         model: a :class:`LocalModel` or anything :func:`load_model` accepts (``"smollm2"``).
         prompt: a string (sent as a user message to chat models), chat messages, or a list of those
             (a batch; the result is then a list).
-        strategy: a registered strategy name (``list_strategies()``).
+        strategy: a registered strategy name (``list_strategies()``); ``"greedy"`` unless a policy names one.
         reward: a reward spec (dict or JSON), a policy name, a callable ``texts -> scores``, or a Reward.
+        policy: a registered policy name: its reward, strategy and parameters are the defaults, and
+            explicit arguments override them.
         max_new_tokens: the most tokens to generate (> 0).
         stop: stop strings; generation ends before the first one, which is not returned.
         seed: makes sampling reproducible.
@@ -335,6 +361,7 @@ def generate(
         >>> r.text, r.finish_reason, r.stats.forward_passes                                           # doctest: +SKIP
     """
     prompts, is_batch = split_batch(prompt)
+    strategy, reward, params = apply_policy(policy, strategy, reward, params)
     request = _Request(model, prompts, strategy=strategy, reward=reward, max_new_tokens=max_new_tokens,
                        stop=stop, seed=seed, chat=chat, tools=tools, prefix=prefix, params=params, urial=urial)
     jobs = request.jobs()
@@ -358,8 +385,9 @@ def generate(
 def validate_request(
     prompt: Prompt | Sequence[Prompt],
     *,
-    strategy: str = "greedy",
+    strategy: str | None = None,
     reward: Any = None,
+    policy: str | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     stop: str | Sequence[str] | None = None,
     seed: int | None = None,
@@ -368,5 +396,6 @@ def validate_request(
 ) -> None:
     """Runs every check :func:`generate` runs, without loading a model (the CLI calls it first)."""
     prompts, _ = split_batch(prompt)
+    strategy, reward, merged = apply_policy(policy, strategy, reward, dict(params or {}))
     _Request("unused", prompts, strategy=strategy, reward=reward, max_new_tokens=max_new_tokens, stop=stop,
-             seed=seed, chat=None, tools=None, prefix=None, params=dict(params or {}), urial=urial)
+             seed=seed, chat=None, tools=None, prefix=None, params=merged, urial=urial)

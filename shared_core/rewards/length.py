@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from shared_core.specs import LengthSpec
 
 LengthUnit = Literal["words", "tokens"]
+DEFAULT_TOKENIZER = "smollm2"
 
 
 class LengthReward(Reward):
@@ -25,8 +26,8 @@ class LengthReward(Reward):
     Either bound may be ``None`` (unbounded).
 
     Units: ``"words"`` counts whitespace-separated words. ``"tokens"`` counts tokens of ``tokenizer``
-    (an alias or folder resolved like any model, default ``"smollm2"``, the embedded chat model; loaded
-    on first use). In a :meth:`token_scorer` the policy model's own tokens are counted, which is exact
+    (an alias or folder resolved like any model; ``None`` means ``"smollm2"``, the embedded chat model;
+    loaded on first use). In a :meth:`token_scorer` the policy model's own tokens are counted, which is exact
     for what is being generated.
 
     Note that a partial continuation is always below a minimum; during guided decoding a minimum
@@ -36,7 +37,7 @@ class LengthReward(Reward):
         min_length: Smallest length within budget (inclusive), or ``None``.
         max_length: Largest length within budget (inclusive), or ``None``.
         unit: ``"words"`` or ``"tokens"``.
-        tokenizer: For ``unit="tokens"``: which tokenizer counts tokens of text.
+        tokenizer: For ``unit="tokens"``: which tokenizer counts tokens of text (``None``: "smollm2").
 
     Example:
         >>> reward = LengthReward(max_length=4)
@@ -52,7 +53,7 @@ class LengthReward(Reward):
         max_length: int | None = None,
         *,
         unit: LengthUnit = "words",
-        tokenizer: str = "smollm2",
+        tokenizer: str | None = None,
     ) -> None:
         prefix = "min_tokens" if unit == "tokens" else "min_words"
         for field, value in ((prefix, min_length), (prefix.replace("min", "max"), max_length)):
@@ -64,12 +65,16 @@ class LengthReward(Reward):
             raise ConfigError(prefix, f"must be <= the maximum ({max_length}), got {min_length}")
         if unit not in ("words", "tokens"):
             raise ConfigError("unit", f"must be 'words' or 'tokens', got {unit!r}")
-        if not isinstance(tokenizer, str) or not tokenizer:
+        if tokenizer is not None and (not isinstance(tokenizer, str) or not tokenizer.strip()):
             raise ConfigError("tokenizer", f"must be a model alias or folder, got {tokenizer!r}")
         self.min_length = min_length
         self.max_length = max_length
         self.unit: LengthUnit = unit
         self.tokenizer = tokenizer
+        if tokenizer is not None:
+            from shared_core.rewards.classifier import resolve_source
+
+            resolve_source("tokenizer", tokenizer)  # fail now on a missing folder, not mid-generation
 
     def penalty(self, n: int) -> float:
         """The score of a text that is ``n`` units long."""
@@ -88,7 +93,7 @@ class LengthReward(Reward):
     def _load_tokenizer(self) -> Any:
         from shared_core.rewards.classifier import load_shared, resolve_source
 
-        source = resolve_source("tokenizer", self.tokenizer)
+        source = resolve_source("tokenizer", self.tokenizer or DEFAULT_TOKENIZER)
 
         def factory() -> Any:
             from transformers import AutoTokenizer

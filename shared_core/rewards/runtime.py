@@ -34,12 +34,15 @@ def score_texts(reward: Reward, texts: Sequence[str], *, prompt: str = "") -> li
 
 
 def final_score(reward: Reward, text: str, *, prompt: str = "") -> RewardScore:
-    """The total and per-component scores reported in a GenerationResult."""
-    total = score_texts(reward, [text], prompt=prompt)[0]
+    """The total and per-component scores reported in a GenerationResult (each component scored once)."""
+    from shared_core.rewards.weighted import evaluate_reward
+
     try:
-        components = {k: float(v) for k, v in reward.score_components(text, prompt=prompt).items()}
+        verdict = evaluate_reward(reward, text, prompt=prompt)
     except RewardError:
         raise
     except Exception as exc:
         raise RewardError(f"{_context(reward, [text])} failed: {type(exc).__name__}: {exc}") from exc
-    return RewardScore(total=total, components=components)
+    if not math.isfinite(verdict.total):
+        raise RewardError(f"{_context(reward, [text])} returned a non-finite score {verdict.total!r}")
+    return RewardScore(total=float(verdict.total), components={k: float(v) for k, v in verdict.components.items()})

@@ -1,0 +1,398 @@
+"""Classifier reward model: any ``AutoModelForSequenceClassification``, scored on text or incrementally."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from shared_core.errors import ConfigError, DealError, ModelLoadError, RewardError
+from shared_core.rewards.base import Reward
+
+if TYPE_CHECKING:
+    import torch
+
+    from shared_core.models import LocalModel
+    from shared_core.result import GenerationStats
+    from shared_core.specs import ClassifierSpec
+
+T = TypeVar("T")
+ClassifierOutput = Literal["logit", "probability"]
+
+
+def resolve_source(field: str, name: str) -> str:
+    """What ``from_pretrained`` reads for a folder, alias ("smollm2") or hub id; else a ConfigError on ``field``.
+
+    Goes through ``shared_core.models.resolve_model_source``, so rewards accept the same names as the
+    policy model (an embedded alias is converted to a safetensors folder once, on first use).
+    """
+    from shared_core.models import resolve_model_source
+
+    try:
+        return resolve_model_source(name)
+    except ConfigError as exc:
+        raise ConfigError(field, str(exc).partition(": ")[2] or str(exc)) from exc
+    except (DealError, OSError, ValueError, KeyError) as exc:  # the message names the value and why
+        raise ConfigError(field, str(exc).removeprefix("model: ")) from exc
+
+
+def load_shared(key: Any, factory: Callable[[], T]) -> T:
+    """``factory()`` once per process for ``key`` (the process-wide model cache), then the same object."""
+    from shared_core.models import cached
+
+    return cached(key, factory)
+
+
+def _read_labels(source: str) -> list[str] | None:
+    """Label names from a local folder's ``config.json`` without loading the model; ``None`` for a hub id."""
+    config_file = Path(source) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError("model", f"cannot read {config_file}: {exc}") from exc
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
+    num_labels = int(config.get("num_labels", 2))
+    return [f"LABEL_{i}" for i in range(num_labels)]
+
+
+def _resolve_label(label: str | int | None, labels: list[str], model: str) -> int:
+    """Index of ``label`` among ``labels``; the default is the only logit, or the last label."""
+    if label is None:
+        return len(labels) - 1
+    if isinstance(label, bool):
+        raise ConfigError("label", f"must be a label name or index, got {label!r}")
+    if isinstance(label, str):
+        lowered = [name.lower() for name in labels]
+        if label.lower() in lowered:
+            return lowered.index(label.lower())
+        if label.isdigit():
+            label = int(label)
+        else:
+            raise ConfigError("label", f"{label!r} is not a label of {model!r}; labels: {labels}")
+    if not 0 <= label < len(labels):
+        raise ConfigError("label", f"index {label} is out of range for {model!r} with {len(labels)} label(s)")
+    return label
+
+
+def causal_head(classifier: Any) -> torch.nn.Module | None:
+    """The per-position classification head of a decoder-only classifier, or ``None``.
+
+    Decoder-only sequence classifiers (Llama, Mistral, Qwen2, Gemma, GPT-2, ...) apply a linear
+    ``score`` head to every position's hidden state and pool the last token, so a prefix's KV cache can
+    be reused. Encoder classifiers (BERT and friends) pool a first token through other layers and
+    cannot be scored incrementally.
+    """
+    import inspect
+
+    import torch
+
+    head = getattr(classifier, "score", None)
+    if not isinstance(head, torch.nn.Linear) or getattr(classifier.config, "is_encoder_decoder", False):
+        return None
+    parameters = inspect.signature(classifier.base_model.forward).parameters
+    if "past_key_values" not in parameters or "position_ids" not in parameters:
+        return None
+    return head
+
+
+def same_vocabulary(a: Any, b: Any) -> bool:
+    """Whether two tokenizers map every token string to the same id."""
+    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab())
+
+
+def _preview(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class ClassifierReward(Reward):
+    """Score of one label of a sequence classifier (a reward model, a toxicity classifier, ...).
+
+    Works with any Hugging Face ``AutoModelForSequenceClassification`` folder (safetensors weights
+    only), a model alias (``"smollm2"`` loads the embedded chat model's weights with a fresh,
+    seeded-random score head: useful for speed measurements, meaningless as a reward) or a hub id.
+    The model loads on first use through the process-wide model cache, so many rewards over the same
+    folder share one copy.
+
+    Score: the raw logit of ``label`` (``output="logit"``), or its probability (``"probability"``:
+    softmax over labels, or the sigmoid of the single logit of a one-label regression head). With
+    ``label=None`` the last label is used, which is the only logit of a one-label reward model and
+    the positive class of a binary classifier.
+
+    With ``include_prompt=True`` (the default; reward models rate a response to a request) the
+    classifier reads ``prompt + continuation``; otherwise the continuation alone. Texts are
+    batched ``batch_size`` at a time and truncated from the left to ``max_length`` tokens, so the
+    end of a long text (what a decoder classifier pools) is kept.
+
+    Incremental scoring: when the policy model's tokenizer has the same vocabulary as the
+    classifier's and the classifier is decoder-only, :meth:`token_scorer` keeps the classifier's own
+    KV cache over the prompt and the committed continuation and rates all k candidate next tokens
+    in one forward pass (see :class:`ClassifierTokenScorer`). There the prompt is the policy's own
+    prompt ids (chat template included), and no truncation applies.
+
+    Args:
+        model: Model folder, alias or hub id. A path that does not exist raises :class:`ConfigError`.
+        label: Label name (case-insensitive) or index; ``None`` for the last label.
+        output: ``"logit"`` or ``"probability"``.
+        include_prompt: Whether the classifier reads the prompt before the continuation.
+        max_length: Longest tokenized text, in tokens.
+        batch_size: Texts per forward pass.
+        trust_remote_code: Allow custom model code from the folder (off unless asked for).
+
+    Example:
+        >>> reward = ClassifierReward("path/to/reward-model")  # doctest: +SKIP
+        >>> reward.score(["I can't help with that.", "Sure, here's how..."], prompt="How do I ...?")  # doctest: +SKIP
+        [1.7, -0.4]
+    """
+
+    name = "classifier"
+
+    def __init__(
+        self,
+        model: str,
+        label: str | int | None = None,
+        *,
+        output: ClassifierOutput = "logit",
+        include_prompt: bool = True,
+        max_length: int = 512,
+        batch_size: int = 16,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError("model", f"must be a model folder, alias or hub id, got {model!r}")
+        if output not in ("logit", "probability"):
+            raise ConfigError("output", f"must be 'logit' or 'probability', got {output!r}")
+        for field, value in (("max_length", max_length), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(field, f"must be a positive integer, got {value!r}")
+        self.model = model
+        self.label = label
+        self.output: ClassifierOutput = output
+        self.include_prompt = bool(include_prompt)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.trust_remote_code = bool(trust_remote_code)
+        self.source = resolve_source("model", model)
+        labels = _read_labels(self.source)
+        # Labels of a hub model are known once it is loaded; a local folder's are checked now.
+        self.label_index: int | None = None if labels is None else _resolve_label(label, labels, model)
+        self.stats_name = f"classifier:{model}"
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(self) -> tuple[Any, Any]:
+        """The ``(classifier, tokenizer)`` pair, loaded once per process."""
+        classifier, tokenizer = load_shared(
+            ("sequence-classifier", self.source, self.trust_remote_code), self._load_uncached
+        )
+        if self.label_index is None:
+            labels = [str(classifier.config.id2label[i]) for i in range(classifier.config.num_labels)]
+            self.label_index = _resolve_label(self.label, labels, self.model)
+        return classifier, tokenizer
+
+    def _load_uncached(self) -> tuple[Any, Any]:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.source, trust_remote_code=self.trust_remote_code)
+            # A checkpoint without a trained score head gets a random one: seed it so runs are repeatable.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                classifier = AutoModelForSequenceClassification.from_pretrained(
+                    self.source, use_safetensors=True, trust_remote_code=self.trust_remote_code
+                )
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load classifier {self.model!r} from {self.source}: {exc}") from exc
+        classifier.eval()
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if classifier.config.pad_token_id is None:
+            classifier.config.pad_token_id = tokenizer.pad_token_id
+        tokenizer.padding_side = "right"
+        tokenizer.truncation_side = "left"
+        return classifier, tokenizer
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def _to_scores(self, logits: torch.Tensor) -> list[float]:
+        """Rows of label logits -> this reward's scores."""
+        import torch
+
+        logits = logits.float()
+        if self.output == "logit":
+            values = logits[:, self.label_index]
+        elif logits.shape[-1] == 1:
+            values = torch.sigmoid(logits[:, 0])
+        else:
+            values = torch.softmax(logits, dim=-1)[:, self.label_index]
+        return [float(v) for v in values]
+
+    def score_ids(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Scores of token-id sequences in the classifier's vocabulary (batched, right-padded)."""
+        import torch
+
+        classifier, tokenizer = self.load()
+        head = causal_head(classifier)
+        fallback_id = next(
+            (i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None),
+            0,
+        )
+        scores: list[float] = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = [list(seq) or [fallback_id] for seq in sequences[start : start + self.batch_size]]
+            width = max(len(seq) for seq in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, seq in enumerate(batch):
+                input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                attention_mask[row, : len(seq)] = 1
+            with torch.inference_mode():
+                if head is not None:
+                    # Pool the last real token ourselves: robust when the pad id also occurs in text.
+                    hidden = classifier.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                    last = attention_mask.sum(dim=1) - 1
+                    logits = head(hidden[torch.arange(len(batch)), last])
+                else:
+                    logits = classifier(input_ids=input_ids, attention_mask=attention_mask).logits
+            scores.extend(self._to_scores(logits))
+        return scores
+
+    def score(self, continuations: Sequence[str], *, prompt: str = "") -> list[float]:
+        texts = [prompt + text if self.include_prompt and prompt else text for text in continuations]
+        if not texts:
+            return []
+        try:
+            _, tokenizer = self.load()
+            encoded = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+            return self.score_ids(encoded)
+        except DealError:
+            raise
+        except Exception as exc:
+            raise RewardError(
+                f"reward {self.name!r} ({self.model}) failed on {len(texts)} text(s), "
+                f"first {_preview(texts[0])}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def token_scorer(
+        self, model: LocalModel, prompt_ids: Sequence[int], stats: GenerationStats | None = None
+    ) -> ClassifierTokenScorer | None:
+        """A :class:`ClassifierTokenScorer` when ``model`` shares this classifier's vocabulary, else ``None``."""
+        policy_tokenizer = getattr(model, "tokenizer", None)
+        if policy_tokenizer is None:
+            return None
+        classifier, tokenizer = self.load()
+        head = causal_head(classifier)
+        if head is None or not same_vocabulary(policy_tokenizer, tokenizer):
+            return None
+        return ClassifierTokenScorer(self, classifier, head, list(prompt_ids) if self.include_prompt else [], stats)
+
+    @property
+    def spec(self) -> ClassifierSpec:
+        """The serializable spec that rebuilds this reward."""
+        from shared_core.specs import ClassifierSpec
+
+        return ClassifierSpec(
+            model=self.model,
+            label=self.label,
+            output=self.output,
+            include_prompt=self.include_prompt,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+
+class ClassifierTokenScorer:
+    """Rates k candidate next tokens with one classifier forward over a kept KV cache.
+
+    The cache holds the classifier's keys and values for ``prompt_ids + committed continuation``.
+    Each call feeds, as one row, the committed tokens not yet in the cache followed by the k
+    candidates, with a float 4D attention mask: committed tokens attend causally; every candidate
+    attends the whole prefix and itself only, at the same position id (the prefix length). The head
+    reads each candidate's hidden state, and the candidates' cache entries are cropped off again, so
+    one forward per decoding step covers both extending the prefix and scoring all candidates.
+
+    If the committed prefix diverges from what is cached (a strategy backtracked), the cache is
+    cropped back to the common part first.
+    """
+
+    def __init__(
+        self,
+        reward: ClassifierReward,
+        classifier: Any,
+        head: torch.nn.Module,
+        prompt_ids: list[int],
+        stats: GenerationStats | None,
+    ) -> None:
+        from transformers import DynamicCache
+
+        self._reward = reward
+        self._classifier = classifier
+        self._base = classifier.base_model
+        self._head = head
+        self._prompt_ids = prompt_ids
+        self._stats = stats
+        self._cache = DynamicCache(config=classifier.config)
+        self._cached_ids: list[int] = []
+
+    def _sync_prefix(self, target: list[int]) -> int:
+        """Crop the cache to its longest common prefix with ``target``; return that length."""
+        common = 0
+        limit = min(len(self._cached_ids), len(target))
+        while common < limit and self._cached_ids[common] == target[common]:
+            common += 1
+        if common < len(self._cached_ids):
+            self._cache.crop(-(len(self._cached_ids) - common))
+            self._cached_ids = self._cached_ids[:common]
+        return common
+
+    def score_candidates(self, prefix_ids: Sequence[int], candidate_ids: Sequence[int]) -> list[float]:
+        import torch
+
+        candidates = [int(c) for c in candidate_ids]
+        if not candidates:
+            return []
+        target = self._prompt_ids + [int(i) for i in prefix_ids]
+        try:
+            past = self._sync_prefix(target)
+            new = target[past:]
+            n, k = len(new), len(candidates)
+            dtype = self._head.weight.dtype
+            blocked = torch.finfo(dtype).min
+            mask = torch.full((1, 1, n + k, past + n + k), blocked, dtype=dtype)
+            mask[..., :past] = 0.0  # everyone sees the cached prefix
+            mask[0, 0, :n, past : past + n] = torch.full((n, n), blocked, dtype=dtype).triu(1)  # causal
+            mask[0, 0, n:, past : past + n] = 0.0  # candidates see every new committed token
+            mask[0, 0, n:, past + n :] = torch.full((k, k), blocked, dtype=dtype).fill_diagonal_(0.0)  # and themselves
+            positions = list(range(past, past + n)) + [past + n] * k
+            with torch.inference_mode():
+                hidden = self._base(
+                    input_ids=torch.tensor([new + candidates], dtype=torch.long),
+                    attention_mask=mask,
+                    position_ids=torch.tensor([positions], dtype=torch.long),
+                    past_key_values=self._cache,
+                    use_cache=True,
+                ).last_hidden_state
+                logits = self._head(hidden[0, n:])
+            self._cache.crop(-k)
+            self._cached_ids = target
+        except Exception as exc:
+            # The cache may hold a partial update: start over from an empty one next time.
+            self._cache = type(self._cache)(config=self._classifier.config)
+            self._cached_ids = []
+            raise RewardError(
+                f"reward {self._reward.name!r} ({self._reward.model}) failed scoring {len(candidates)} "
+                f"candidate token(s) after {len(target)} token(s): {type(exc).__name__}: {exc}"
+            ) from exc
+        if self._stats is not None:
+            self._stats.count_forward(self._reward.stats_name)
+        scores = self._reward._to_scores(logits)
+        if not all(math.isfinite(s) for s in scores):
+            raise RewardError(f"reward {self._reward.name!r} produced a non-finite score: {scores}")
+        return scores

@@ -1,0 +1,165 @@
+"""Weighted sum of rewards, and helpers to rate text or token candidates with any reward."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from shared_core.errors import ConfigError
+from shared_core.result import RewardScore
+from shared_core.rewards.base import Reward, TokenScorer
+
+if TYPE_CHECKING:
+    from shared_core.models import LocalModel
+    from shared_core.result import GenerationStats
+    from shared_core.specs import WeightedSpec
+
+
+def evaluate_reward(reward: Reward, continuation: str, *, prompt: str = "") -> RewardScore:
+    """A reward's verdict on one text: the total and its components, each component scored once.
+
+    Use this to fill :attr:`GenerationResult.reward`. A :class:`WeightedReward` reports every
+    component's own (unweighted) score and the weighted total; any other reward reports its score
+    as the total and as its single component.
+    """
+    if isinstance(reward, WeightedReward):
+        return reward.evaluate(continuation, prompt=prompt)
+    total = reward.score([continuation], prompt=prompt)[0]
+    return RewardScore(total=total, components={reward.name: total})
+
+
+class TextTokenScorer:
+    """Rates candidate tokens with a text reward: decodes ``prefix + [candidate]`` and calls ``score``.
+
+    The fallback for rewards that only read text (keywords, length in words, safety, callables) when
+    they are combined with a reward that has a faster token scorer; all k candidates go to the
+    reward as one batch.
+    """
+
+    def __init__(self, reward: Reward, tokenizer: Any, *, prompt: str = "") -> None:
+        self.reward = reward
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+
+    def score_candidates(self, prefix_ids: Sequence[int], candidate_ids: Sequence[int]) -> list[float]:
+        prefix = [int(i) for i in prefix_ids]
+        texts = [self.tokenizer.decode(prefix + [int(c)], skip_special_tokens=True) for c in candidate_ids]
+        return self.reward.score(texts, prompt=self.prompt) if texts else []
+
+
+class WeightedReward(Reward):
+    """``sum(weight_i * reward_i)``: combines rewards, e.g. safety plus a length budget.
+
+    :meth:`score_components` reports each component's own score keyed by its name ("safety",
+    "length"; a repeated name gets a suffix: "keywords", "keywords#2"). Weights must be finite and
+    non-negative (to penalise something, use a reward that scores it negatively); a zero weight keeps
+    a component in the report without affecting the total.
+
+    Args:
+        components: ``(weight, reward)`` pairs; at least one.
+
+    Example:
+        >>> from shared_core.rewards import KeywordsReward, LengthReward
+        >>> reward = WeightedReward([(1.0, KeywordsReward(["tea"])), (0.5, LengthReward(max_length=2))])
+        >>> reward.score(["green tea please"])
+        [0.75]
+        >>> reward.score_components("green tea please")
+        {'keywords': 1.0, 'length': -0.5}
+    """
+
+    name = "weighted"
+
+    def __init__(self, components: Sequence[tuple[float, Reward]]) -> None:
+        pairs = list(components)
+        if not pairs:
+            raise ConfigError("components", "give at least one (weight, reward) pair")
+        self.components: list[tuple[float, Reward]] = []
+        self.names: list[str] = []
+        seen: dict[str, int] = {}
+        for index, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ConfigError(f"components[{index}]", f"expected a (weight, reward) pair, got {pair!r}")
+            weight, reward = pair
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+                raise ConfigError(f"components[{index}].weight", f"must be a finite number, got {weight!r}")
+            if weight < 0:
+                raise ConfigError(
+                    f"components[{index}].weight",
+                    f"must be >= 0, got {weight!r} (use a reward that scores the unwanted behaviour negatively)",
+                )
+            if not isinstance(reward, Reward):
+                raise ConfigError(f"components[{index}].reward", f"expected a Reward, got {type(reward).__name__}")
+            seen[reward.name] = seen.get(reward.name, 0) + 1
+            self.names.append(reward.name if seen[reward.name] == 1 else f"{reward.name}#{seen[reward.name]}")
+            self.components.append((float(weight), reward))
+
+    def score(self, continuations: Sequence[str], *, prompt: str = "") -> list[float]:
+        totals = [0.0] * len(continuations)
+        for weight, reward in self.components:
+            if weight == 0.0:
+                continue
+            for i, value in enumerate(reward.score(continuations, prompt=prompt)):
+                totals[i] += weight * value
+        return totals
+
+    def score_components(self, continuation: str, *, prompt: str = "") -> dict[str, float]:
+        """Each component's own (unweighted) score, keyed by its name."""
+        return {
+            name: reward.score([continuation], prompt=prompt)[0]
+            for name, (_, reward) in zip(self.names, self.components)
+        }
+
+    def evaluate(self, continuation: str, *, prompt: str = "") -> RewardScore:
+        """The weighted total and the components, scoring each component once."""
+        components = self.score_components(continuation, prompt=prompt)
+        total = sum(weight * components[name] for name, (weight, _) in zip(self.names, self.components))
+        return RewardScore(total=total, components=components)
+
+    def token_scorer(
+        self, model: LocalModel, prompt_ids: Sequence[int], stats: GenerationStats | None = None
+    ) -> _WeightedTokenScorer | None:
+        """Combines the components' token scorers; text-only components fall back to decoding.
+
+        Returns ``None`` (score text instead) when no component has a token scorer of its own.
+        Text-only components see an empty prompt here.
+        """
+        active = [(weight, reward) for weight, reward in self.components if weight != 0.0]
+        scorers = [reward.token_scorer(model, prompt_ids, stats) for _, reward in active]
+        if all(scorer is None for scorer in scorers):
+            return None
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None and any(scorer is None for scorer in scorers):
+            return None
+        parts = [
+            (weight, scorer if scorer is not None else TextTokenScorer(reward, tokenizer))
+            for (weight, reward), scorer in zip(active, scorers)
+        ]
+        return _WeightedTokenScorer(parts)
+
+    @property
+    def spec(self) -> WeightedSpec | None:
+        """The serializable spec that rebuilds this reward; ``None`` if a component has none (a callable)."""
+        from shared_core.specs import WeightedComponent, WeightedSpec
+
+        specs = [getattr(reward, "spec", None) for _, reward in self.components]
+        if any(spec is None for spec in specs):
+            return None
+        return WeightedSpec(
+            components=[WeightedComponent(weight=w, reward=s) for (w, _), s in zip(self.components, specs)]
+        )
+
+
+class _WeightedTokenScorer:
+    """Weighted sum of component token scorers."""
+
+    def __init__(self, parts: list[tuple[float, TokenScorer]]) -> None:
+        self._parts = parts
+
+    def score_candidates(self, prefix_ids: Sequence[int], candidate_ids: Sequence[int]) -> list[float]:
+        totals = [0.0] * len(candidate_ids)
+        for weight, scorer in self._parts:
+            for i, value in enumerate(scorer.score_candidates(prefix_ids, candidate_ids)):
+                totals[i] += weight * value
+        return totals

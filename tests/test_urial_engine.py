@@ -1,0 +1,96 @@
+"""URIAL inside the engine: prompt ids, the cached preamble, stop strings, clean streamed answers, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared_core import ConfigError, generate, load_model, stream
+from shared_core.decoding.urial_mode import clear_prefix_cache, urial_deltas
+from shared_core.models import LocalModel
+from shared_core.urial import parse_urial_answer, urial_prompt
+
+
+def _wide_tiny(tmp_path, smollm2: LocalModel) -> LocalModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, eos_token_id=smollm2.tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    smollm2.tokenizer.save_pretrained(tmp_path)
+    return load_model(str(tmp_path))
+
+
+def test_cached_preamble_gives_the_same_tokens_as_a_full_prefill(tmp_path, smollm2: LocalModel) -> None:
+    model = _wide_tiny(tmp_path, smollm2)
+    clear_prefix_cache()
+    query = "How do I boil an egg?"
+    first = generate(model, query, urial=True, max_new_tokens=12)
+    second = generate(model, query, urial=True, max_new_tokens=12)
+    assert first.stats.extra["urial_preamble_cached"] is False
+    assert second.stats.extra["urial_preamble_cached"] is True
+    assert second.stats.extra["prefix_tokens_reused"] == second.stats.extra["urial_preamble_tokens"]
+    parts = urial_prompt(query)
+    ids = model.encode(parts.prefix, add_special_tokens=True) + model.encode(parts.suffix)
+    assert first.stats.prompt_tokens == len(ids)
+    with torch.inference_mode():
+        out = model.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                   max_new_tokens=12, do_sample=False, eos_token_id=None)
+    expected = out[0, len(ids):].tolist()
+    assert first.token_ids == expected[: len(first.token_ids)]
+    assert second.token_ids == first.token_ids
+
+
+def test_urial_works_with_other_strategies(tmp_path, smollm2: LocalModel) -> None:
+    model = _wide_tiny(tmp_path, smollm2)
+    a = generate(model, "Name a color.", urial="help", strategy="sample", seed=5, max_new_tokens=8)
+    b = generate(model, "Name a color.", urial="help", strategy="sample", seed=5, max_new_tokens=8)
+    assert a.token_ids == b.token_ids and a.stats.extra["prefix_tokens_reused"] > 0
+
+
+def test_urial_stream_shows_only_the_clean_answer() -> None:
+    raw_steps = ["Paris is", "Paris is the capital.\n", "Paris is the capital.\n```", "Paris is the capital.\n```\n"]
+    state = {"i": -1}
+
+    def raw_text() -> str:
+        return raw_steps[state["i"]]
+
+    def raw_deltas():
+        for i in range(len(raw_steps)):
+            state["i"] = i
+            yield "x"
+
+    shown = list(urial_deltas(raw_text, raw_deltas()))
+    assert "".join(shown) == parse_urial_answer(raw_steps[-1]) == "Paris is the capital."
+    assert all("`" not in part for part in shown)
+
+
+def test_urial_stream_equals_generate_on_the_embedded_model(smollm2: LocalModel) -> None:
+    s = stream(smollm2, "What is the capital of France?", urial=True, max_new_tokens=40)
+    text = "".join(s)
+    assert text == s.result.text
+    assert "Paris" in text
+    assert "# Query" not in text and "```" not in text and "# Answer" not in text
+    assert s.result.finish_reason in {"stop", "eos"}
+
+
+@pytest.mark.parametrize(
+    ("urial", "message"),
+    [
+        ({"examples": []}, "examples: .*at least one"),
+        ({"examples": [{"query": "Hi", "answer": ""}]}, r"examples\[0\].answer"),
+        ({"examples": [{"query": "Hi"}]}, r"examples\[0\]"),
+        ("polite", "urial: unknown variant 'polite'"),
+        ({"style": "x"}, "urial.style: not an option"),
+    ],
+)
+def test_bad_urial_options_fail_before_model_work(urial, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        generate("no-such-model-is-loaded-first", "Hello", urial=urial)
+
+
+def test_preamble_longer_than_the_context_window(tiny_model: LocalModel) -> None:
+    with pytest.raises(ConfigError, match=r"preamble: urial preamble is \d+ tokens .*context window is 512 tokens"):
+        generate(tiny_model, "Hello", urial=True, max_new_tokens=4)
