@@ -221,6 +221,14 @@ def resolve_model_source(name_or_path: str) -> str:
     GGUF files and embedded aliases are converted to a safetensors folder in the cache on first use.
     Other model kinds (sequence classifiers, ARMs) use this to accept the same names as the policy model.
     """
+    if isinstance(name_or_path, str) and name_or_path.strip() in EMBEDDED_MODELS:
+        # an alias's package files do not change within a process: resolve (and verify) them once
+        alias = name_or_path.strip()
+        return cached(("alias-source", alias, str(cache_dir())), lambda: _resolve_source(alias))
+    return _resolve_source(name_or_path)
+
+
+def _resolve_source(name_or_path: str) -> str:
     source = locate_model(name_or_path)
     if source.kind == "gguf":
         gguf = Path(source.location)

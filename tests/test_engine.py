@@ -142,3 +142,26 @@ def test_registry_lists_builtin_strategies() -> None:
 def test_prompt_longer_than_context_window(tiny_model: LocalModel) -> None:
     with pytest.raises(ConfigError, match="prompt: is .* tokens but the model's context window is 512 tokens"):
         generate(tiny_model, "word " * 600, chat=False, max_new_tokens=2)
+
+
+def test_policy_supplies_the_reward(tiny_model: LocalModel) -> None:
+    result = generate(tiny_model, "hello", policy="concise", max_new_tokens=4)
+    assert result.reward is not None and set(result.reward.components) == {"length"}
+    assert result.strategy == "greedy"
+
+
+def test_unknown_policy_lists_registered_ones() -> None:
+    with pytest.raises(ConfigError, match="policy: unknown policy 'nope'; registered policies: .*concise"):
+        generate("no-such-model-is-loaded-first", "hello", policy="nope")
+
+
+def test_failing_reward_surfaces_with_context(tiny_model: LocalModel) -> None:
+    from shared_core import RewardError
+
+    def broken(texts: list[str]) -> list[float]:
+        raise ZeroDivisionError("boom")
+
+    with pytest.raises(RewardError, match="boom") as info:
+        generate(tiny_model, "hello", reward=broken, max_new_tokens=3)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert "broken" in str(info.value)

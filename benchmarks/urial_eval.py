@@ -1,0 +1,93 @@
+"""URIAL on the embedded base model: clean, self-terminating answers on 20 prompts, and the preamble cache.
+
+Usage: .venv/bin/python benchmarks/urial_eval.py [--model gemma3-270m] [--max-new-tokens 160]
+Writes benchmarks/results/urial_eval.json with, per prompt, the URIAL answer and the plain
+(no URIAL) continuation, and the summary: share of non-empty outputs, share free of format debris,
+share that stopped by itself before the token budget, and the preamble-cache timing (prompt
+processing of a second call as a ratio of the first call's, medians over several queries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from shared_core import generate, load_model
+from shared_core.decoding.urial_mode import clear_prefix_cache
+
+HERE = Path(__file__).parent
+DEBRIS = ("# Query", "# Answer", "```")
+
+
+def cache_timing(lm, queries: list[str], runs: int) -> dict:
+    """Prompt processing (preamble + query) of a cold call vs a call that reuses the cached preamble."""
+    cold, warm = [], []
+    for _ in range(runs):
+        for query in queries:
+            clear_prefix_cache()
+            first = generate(lm, query, urial=True, max_new_tokens=1)
+            cold.append(first.stats.extra["urial_preamble_seconds"] + first.stats.extra["prefill_seconds"])
+            second = generate(lm, query + " ", urial=True, max_new_tokens=1)
+            assert second.stats.extra["urial_preamble_cached"]
+            warm.append(second.stats.extra["prefill_seconds"])
+    return {
+        "preamble_tokens": first.stats.extra["urial_preamble_tokens"],
+        "first_call_prompt_seconds_median": round(statistics.median(cold), 4),
+        "second_call_prompt_seconds_median": round(statistics.median(warm), 4),
+        "ratio_median": round(statistics.median(w / c for w, c in zip(warm, cold)), 4),
+        "samples": len(cold),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--cache-runs", type=int, default=3)
+    args = parser.parse_args()
+
+    lm = load_model(args.model)
+    prompts = json.loads((HERE / "data" / "urial_prompts.json").read_text())
+    started = time.perf_counter()
+    rows = []
+    for prompt in prompts:
+        aligned = generate(lm, prompt, urial=True, max_new_tokens=args.max_new_tokens)
+        plain = generate(lm, prompt, max_new_tokens=min(args.max_new_tokens, 80))
+        rows.append({
+            "prompt": prompt,
+            "urial": aligned.text,
+            "urial_finish_reason": aligned.finish_reason,
+            "urial_new_tokens": aligned.stats.new_tokens,
+            "plain": plain.text,
+            "plain_finish_reason": plain.finish_reason,
+        })
+    n = len(rows)
+    summary = {
+        "non_empty": sum(bool(r["urial"].strip()) for r in rows) / n,
+        "no_debris": sum(not any(d in r["urial"] for d in DEBRIS) for r in rows) / n,
+        "stopped_by_itself": sum(r["urial_finish_reason"] != "length" for r in rows) / n,
+    }
+    report = {
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "model": args.model,
+        "max_new_tokens": args.max_new_tokens,
+        "prompts": n,
+        "summary": summary,
+        "preamble_cache": cache_timing(lm, prompts[:4], args.cache_runs),
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+    out = HERE / "results" / "urial_eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
