@@ -1,0 +1,240 @@
+"""Private helpers for the LlamaIndex adapter: resolving per-call settings, converting messages, reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
+
+from shared_core.errors import ConfigError
+from shared_core.result import GenerationResult
+from shared_core.specs import Policy, parse_policy
+
+# LlamaIndex's message roles, mapped to the four the engine and chat templates accept.
+_ROLE_MAP: dict[str, str] = {
+    MessageRole.SYSTEM.value: "system",
+    MessageRole.DEVELOPER.value: "system",
+    MessageRole.USER.value: "user",
+    MessageRole.ASSISTANT.value: "assistant",
+    MessageRole.CHATBOT.value: "assistant",
+    MessageRole.MODEL.value: "assistant",
+    MessageRole.TOOL.value: "tool",
+    MessageRole.FUNCTION.value: "tool",
+}
+
+#: Keyword arguments of complete()/chat() that choose how to decode; any other keyword is a strategy parameter.
+SETTING_KEYS = ("policy", "reward", "strategy", "strategy_params", "max_new_tokens", "stop", "seed", "urial")
+
+#: Strategies tried, in order, when a reward is set but no strategy is named (the first registered wins),
+#: as in the LangChain adapter: a reward steers decoding unless the user asks for plain greedy.
+REWARD_STRATEGY_PREFERENCE: tuple[str, ...] = ("args", "best_of_n", "deal")
+
+
+@dataclass
+class DecodeSettings:
+    """What one call decodes with, after merging the instance's settings and the call's arguments."""
+
+    strategy: str
+    reward: Any
+    params: dict[str, Any]
+    policy: str | None
+    max_new_tokens: int
+    stop: list[str] | None
+    seed: int | None
+    urial: Any = False
+
+
+def resolve_policy_arg(policy: Any) -> Policy | None:
+    """The :class:`Policy` for a policy name, a Policy, or a policy/reward spec (dict or JSON).
+
+    An unknown name raises the core's ConfigError (it lists the registered policies), under ``policy``.
+    """
+    if policy is None:
+        return None
+    if isinstance(policy, str) and not policy.strip().startswith("{"):
+        from shared_core.policies import resolve_policy
+
+        try:
+            return resolve_policy(policy)
+        except ConfigError as exc:
+            raise ConfigError("policy", str(exc).split(": ", 1)[-1]) from None
+    return parse_policy(policy)
+
+
+def default_strategy(reward: Any) -> str:
+    """A reward-guided strategy when a reward is set, else greedy."""
+    if reward is not None:
+        from shared_core.decoding.base import list_strategies
+
+        registered = set(list_strategies())
+        for name in REWARD_STRATEGY_PREFERENCE:
+            if name in registered:
+                return name
+    return "greedy"
+
+
+def plan_call(instance: Mapping[str, Any], call: Mapping[str, Any]) -> DecodeSettings:
+    """Merges one call's arguments into the instance's settings (both keyed like :data:`SETTING_KEYS`).
+
+    Precedence: a call's values replace the instance's. A ``reward`` replaces the policy's reward but
+    keeps its strategy and parameters; a call's ``policy`` brings its own reward (the instance's
+    ``reward`` is dropped). The policy's parameters apply when its strategy is the one used. Keys of
+    ``call`` outside :data:`SETTING_KEYS` are strategy parameters. Validation is left to the engine.
+    """
+    policy_arg = call["policy"] if call.get("policy") is not None else instance.get("policy")
+    policy = resolve_policy_arg(policy_arg)
+    if call.get("reward") is not None:
+        reward = call["reward"]
+    else:
+        reward = None if call.get("policy") is not None else instance.get("reward")
+    if reward is None and policy is not None:
+        reward = policy.reward
+    strategy = call.get("strategy") or instance.get("strategy") or (policy.strategy if policy else None)
+    strategy = strategy or default_strategy(reward)
+    params: dict[str, Any] = {}
+    if policy is not None and policy.strategy in (None, strategy):
+        params.update(policy.params)
+    for layer in (instance.get("strategy_params"), call.get("strategy_params")):
+        if layer is not None and not isinstance(layer, Mapping):
+            raise ConfigError("strategy_params", f"must be a dict of strategy parameters, got {type(layer).__name__}")
+        params.update(layer or {})
+    params.update({k: v for k, v in call.items() if k not in SETTING_KEYS})
+    label = policy_arg if isinstance(policy_arg, str) and policy is not None else None
+    if label is None and isinstance(reward, str) and not reward.strip().startswith("{"):
+        label = reward  # a reward given as a policy name
+    common = {key: call[key] if call.get(key) is not None else instance.get(key)
+              for key in ("max_new_tokens", "stop", "seed", "urial")}
+    return DecodeSettings(strategy=strategy, reward=reward, params=params, policy=label, **common)
+
+
+# --------------------------------------------------------------------------- model facts
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What LlamaIndex asks of a model before every call (``metadata``), read without loading weights."""
+
+    context_window: int
+    has_chat_template: bool
+
+
+def model_facts(name_or_path: str) -> ModelFacts:
+    """Reads the context window and chat-template support from the model's files (once per process).
+
+    LlamaIndex reads ``metadata`` before every call (for its instrumentation payload), so this must
+    not load weights: a request with a bad setting still fails with its ConfigError first.
+    """
+    from pathlib import Path
+
+    from shared_core.models import cached, resolve_model_source
+
+    location = resolve_model_source(name_or_path)
+
+    def read() -> ModelFacts:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(location)
+        window = next((v for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                       if isinstance(v := getattr(config, a, None), int) and v > 0), None)
+        folder = Path(location)
+        if folder.is_dir():
+            tokenizer_config = folder / "tokenizer_config.json"
+            settings = json.loads(tokenizer_config.read_text(encoding="utf-8")) if tokenizer_config.is_file() else {}
+            chat = (folder / "chat_template.jinja").is_file() or bool(settings.get("chat_template"))
+            window = window or int(settings.get("model_max_length") or 2048)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            chat = bool(getattr(tokenizer, "chat_template", None))
+            window = window or int(getattr(tokenizer, "model_max_length", 2048))
+        return ModelFacts(context_window=window, has_chat_template=chat)
+
+    return cached(("llamaindex_deal.model_facts", location), read)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def tool_call_dict(block: ToolCallBlock, index: int) -> dict[str, Any]:
+    """An OpenAI-style tool call (what chat templates render) from a LlamaIndex ToolCallBlock."""
+    arguments: Any = block.tool_kwargs
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            pass  # keep the raw text; the template shows it as is
+    return {
+        "id": block.tool_call_id or f"call_{index}",
+        "type": "function",
+        "function": {"name": block.tool_name, "arguments": arguments},
+    }
+
+
+def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """LlamaIndex chat messages as the engine's ``{"role", "content"}`` dicts.
+
+    Text blocks are joined; an assistant message's ToolCallBlocks become ``tool_calls``; a tool
+    result keeps its ``tool_call_id`` (and tool name when LlamaIndex recorded one).
+    """
+    converted: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}  # tool_call_id -> tool name, so results can name their tool
+    for i, message in enumerate(messages):
+        if not isinstance(message, ChatMessage):
+            raise ConfigError(f"messages[{i}]", f"must be a llama_index ChatMessage, got {type(message).__name__}")
+        role_value = message.role.value if isinstance(message.role, MessageRole) else str(message.role)
+        role = _ROLE_MAP.get(role_value)
+        if role is None:
+            raise ConfigError(f"messages[{i}].role", f"{role_value!r} is not one of {sorted(_ROLE_MAP)}")
+        text = "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock))
+        entry: dict[str, Any] = {"role": role, "content": text}
+        calls = [b for b in message.blocks if isinstance(b, ToolCallBlock)]
+        if role == "assistant" and calls:
+            entry["tool_calls"] = [tool_call_dict(b, len(converted) * 10 + j) for j, b in enumerate(calls)]
+            call_names.update({c["id"]: c["function"]["name"] for c in entry["tool_calls"]})
+        if role == "tool":
+            call_id = message.additional_kwargs.get("tool_call_id")
+            if call_id:
+                entry["tool_call_id"] = str(call_id)
+            name = message.additional_kwargs.get("name") or message.additional_kwargs.get("tool_name") \
+                or call_names.get(str(call_id))
+            if name:
+                entry["name"] = str(name)
+        converted.append(entry)
+    return converted
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def report(result: GenerationResult, settings: DecodeSettings) -> dict[str, Any]:
+    """The JSON-ready summary of what alignment did, for ``additional_kwargs`` and query metadata."""
+    reward = result.reward
+    return {
+        "model": result.model,
+        "policy": settings.policy,
+        "strategy": result.strategy,
+        "reward": None if reward is None else {"total": reward.total, "components": dict(reward.components)},
+        "finish_reason": result.finish_reason,
+        "stats": {
+            "new_tokens": result.stats.new_tokens,
+            "prompt_tokens": result.stats.prompt_tokens,
+            "seconds": result.stats.seconds,
+            "forward_passes": dict(result.stats.forward_passes),
+        },
+    }
+
+
+def raw_payload(result: GenerationResult, settings: DecodeSettings) -> dict[str, Any]:
+    """The response's ``raw``: the full GenerationResult, the policy, and OpenAI-style ``usage``."""
+    payload = result.to_dict()
+    payload["policy"] = settings.policy
+    payload["usage"] = {
+        "prompt_tokens": result.stats.prompt_tokens,
+        "completion_tokens": result.stats.new_tokens,
+        "total_tokens": result.stats.prompt_tokens + result.stats.new_tokens,
+    }
+    return payload

@@ -1,0 +1,491 @@
+"""``DeAL``: a LlamaIndex LLM that decodes a local Hugging Face model with reward-guided strategies.
+
+It is a native ``FunctionCallingLLM`` (like ``llama_index.llms.ollama.Ollama``), so it works as
+``Settings.llm``, in query engines, chat engines, ``FunctionAgent`` and ``structured_predict``. Decoding
+goes through :mod:`shared_core`: a strategy (greedy, sample, or a reward-guided one) steered by a reward
+(a spec, a policy name, a function). Query engines and agents call the LLM without extra arguments,
+so the policy of an engine or an agent lives on the instance; direct calls may override it per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    TextBlock,
+    ToolCallBlock,
+)
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+
+from shared_core.decoding.engine import DEFAULT_MAX_NEW_TOKENS, generate, stream, validate_request
+from shared_core.errors import ConfigError
+from shared_core.models import DEFAULT_MODEL, LocalModel, load_model
+from shared_core.result import GenerationResult
+from shared_core.tools import (
+    ToolChoice,
+    forced_call_params,
+    normalize_tools,
+    parse_tool_calls,
+    prepare_tool_prompt,
+    resolve_tool_choice,
+    streamable_length,
+)
+
+from llamaindex_deal import _tracking
+from llamaindex_deal._utils import (
+    DecodeSettings,
+    model_facts,
+    plan_call,
+    raw_payload,
+    report,
+    to_engine_messages,
+)
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
+
+T = TypeVar("T")
+_END = object()
+
+
+class DeAL(FunctionCallingLLM, CustomLLM):
+    """Reward-guided decoding of a local model as a LlamaIndex LLM (chat, completion, tools, async).
+
+    Args:
+        model: an embedded alias (``"smollm2"``, the default), a local Hugging Face folder, a ``.gguf``
+            file, or a hub id. Weights load once per process, on first use.
+        max_new_tokens: the most tokens per answer.
+        strategy: a decoding strategy (``shared_core.list_strategies()``); default: the policy's, else a
+            reward-guided one (``"args"``) when a reward is set, else ``"greedy"``. With ``"greedy"`` a
+            reward is only measured and reported.
+        reward: what to steer towards: a reward spec (dict or JSON), a policy name, a function
+            ``texts -> scores`` or a ``Reward``.
+        policy: a registered policy name (a reward plus, optionally, a strategy and its params), or a
+            policy dict. ``reward``/``strategy`` given alongside override the policy's.
+        strategy_params: the strategy's own parameters (e.g. ``{"temperature": 0.7}`` for ``"sample"``).
+        urial: align with the URIAL in-context prompt instead of the chat template (for base models):
+            ``True`` (the "safe" examples), ``"help"``, or ``{"variant", "examples", "preamble"}``. The
+            preamble's KV cache is computed once per model and reused.
+
+    Per-call keyword arguments of ``complete``/``chat`` (and their stream and async forms) override
+    the instance: ``policy``, ``reward``, ``strategy``, ``strategy_params``, ``max_new_tokens``,
+    ``stop``, ``seed``, ``urial``; any other keyword is a strategy parameter. A call's ``policy``
+    brings its own reward; a call's ``reward`` keeps the policy's strategy. Every response carries the alignment
+    report in ``additional_kwargs`` (``model``, ``policy``, ``strategy``, ``reward`` as
+    ``{"total", "components"}``, ``finish_reason``, ``stats``) and the full result in ``raw``. Query
+    engine answers list the reports of their LLM calls in ``response.metadata["deal"]``.
+
+    Example:
+        >>> from llama_index.core import Settings
+        >>> from llamaindex_deal import DeAL
+        >>> Settings.llm = DeAL(model="smollm2", max_new_tokens=64, policy="concise")  # doctest: +SKIP
+        >>> r = Settings.llm.complete("Give me two tips for staying safe online.")      # doctest: +SKIP
+        >>> r.additional_kwargs["reward"], r.additional_kwargs["policy"]                # doctest: +SKIP
+    """
+
+    model: str = Field(default=DEFAULT_MODEL, description="Embedded alias, model folder, .gguf file or hub id.")
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, description="The most tokens per answer.")
+    strategy: str | None = Field(default=None, description="Decoding strategy; default from the policy/reward.")
+    reward: Any = Field(default=None, description="Reward spec, policy name, function or Reward.")
+    policy: Any = Field(default=None, description="Registered policy name or policy dict.")
+    strategy_params: dict[str, Any] = Field(default_factory=dict, description="The strategy's own parameters.")
+    stop: list[str] | None = Field(default=None, description="Stop strings (not included in the answer).")
+    seed: int | None = Field(default=None, description="Seed for sampling strategies.")
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
+    context_window: int | None = Field(default=None, description="Override of the model's context window.")
+    urial: Any = Field(default=False, description="URIAL in-context alignment: True, 'help' or an options dict.")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._check()
+        _tracking.install()
+
+    def _check(self) -> None:
+        """Checks everything a user can get wrong in the instance's settings, before any model work."""
+        settings = self._settings({})
+        validate_request("check", strategy=settings.strategy, reward=settings.reward,
+                         max_new_tokens=settings.max_new_tokens, stop=settings.stop, seed=settings.seed,
+                         params=settings.params, urial=settings.urial)
+        if self.context_window is not None and (isinstance(self.context_window, bool) or self.context_window <= 0):
+            raise ConfigError("context_window", f"must be a positive integer, got {self.context_window!r}")
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "DeAL"
+
+    # ------------------------------------------------------------------ configuration
+
+    def with_policy(self, policy: Any, **overrides: Any) -> DeAL:
+        """A copy of this LLM that decodes with ``policy`` (for one query engine or agent).
+
+        As with a per-call ``policy``, the policy brings its own reward (this instance's ``reward`` is
+        dropped); ``overrides`` set other fields (e.g. ``strategy``). The copy shares the loaded weights.
+        """
+        copy = self.model_copy(update={"policy": policy, "reward": None, **overrides})
+        copy._check()
+        return copy
+
+    def _settings(self, kwargs: dict[str, Any]) -> DecodeSettings:
+        """This call's settings: the instance's, overridden by the call's keyword arguments (``plan_call``)."""
+        instance = {"policy": self.policy, "reward": self.reward, "strategy": self.strategy,
+                    "strategy_params": self.strategy_params, "max_new_tokens": self.max_new_tokens,
+                    "stop": self.stop, "seed": self.seed, "urial": self.urial}
+        return plan_call(instance, kwargs)
+
+    def _lm(self) -> LocalModel:
+        return load_model(self.model, device=self.device, dtype=self.dtype)
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """Context window and chat support come from the model's files (no weights are loaded)."""
+        facts = model_facts(self.model)
+        return LLMMetadata(
+            context_window=self.context_window or facts.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=facts.has_chat_template,
+            is_function_calling_model=True,
+            model_name=self.model,
+        )
+
+    # ------------------------------------------------------------------ decoding
+
+    def _engine_args(self, kwargs: dict[str, Any]) -> tuple[DecodeSettings, dict[str, Any]]:
+        settings = self._settings(kwargs)
+        args = dict(strategy=settings.strategy, reward=settings.reward, max_new_tokens=settings.max_new_tokens,
+                    stop=settings.stop, seed=settings.seed, urial=settings.urial, **settings.params)
+        return settings, args
+
+    def _completion_prompt(self, prompt: str, formatted: bool) -> tuple[Any, bool | None]:
+        """A ``formatted`` prompt is sent as raw text; otherwise as a user message (chat template)."""
+        if not isinstance(prompt, str):
+            raise ConfigError("prompt", f"must be a string, got {type(prompt).__name__}")
+        if formatted:
+            return prompt, False
+        if self.system_prompt:
+            return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": prompt}], None
+        return prompt, None
+
+    def _complete_now(self, prompt: str, formatted: bool, kwargs: dict[str, Any],
+                      collectors: tuple[_tracking.Collector, ...]) -> CompletionResponse:
+        settings, args = self._engine_args(dict(kwargs))
+        engine_prompt, chat = self._completion_prompt(prompt, formatted)
+        result = generate(self._model_arg(), engine_prompt, chat=chat, **args)
+        assert isinstance(result, GenerationResult)
+        return self._completion_response(result, settings, collectors)
+
+    def _completion_response(self, result: GenerationResult, settings: DecodeSettings,
+                             collectors: tuple[_tracking.Collector, ...], *, delta: str | None = None,
+                             text: str | None = None) -> CompletionResponse:
+        summary = report(result, settings)
+        _tracking.record(collectors, summary)
+        return CompletionResponse(text=result.text if text is None else text, delta=delta,
+                                  raw=raw_payload(result, settings), additional_kwargs=summary)
+
+    def _stream_complete_now(self, prompt: str, formatted: bool, kwargs: dict[str, Any],
+                             collectors: tuple[_tracking.Collector, ...]) -> CompletionResponseGen:
+        settings, args = self._engine_args(dict(kwargs))  # validates now, before any model work
+        engine_prompt, chat = self._completion_prompt(prompt, formatted)
+        deltas = stream(self._model_arg(), engine_prompt, chat=chat, **args)
+
+        def gen() -> CompletionResponseGen:
+            text = ""
+            for delta, last in _with_last(deltas):
+                text += delta
+                if not last:
+                    yield CompletionResponse(text=text, delta=delta)
+                else:
+                    yield self._completion_response(deltas.result, settings, collectors, delta=delta, text=text)
+
+        return gen()
+
+    def _model_arg(self) -> LocalModel | str:
+        """The model to hand the engine: its name when device and dtype are the defaults.
+
+        The engine then checks the request before it loads weights (the process-wide cache is shared).
+        """
+        if self.device == "auto" and self.dtype == "auto":
+            return self.model
+        return self._lm()
+
+    # ------------------------------------------------------------------ completion API
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Completes ``prompt`` (a user message for chat models; raw text when ``formatted``)."""
+        return self._complete_now(prompt, formatted, kwargs, _tracking.open_collectors())
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """Streams the same text as :meth:`complete`; the last chunk carries the report."""
+        return self._stream_complete_now(prompt, formatted, kwargs, _tracking.open_collectors())
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """:meth:`complete` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self._complete_now, prompt, formatted, kwargs, _tracking.open_collectors())
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        """:meth:`stream_complete` with each step (checks and model loading too) in a worker thread."""
+        collectors = _tracking.open_collectors()
+        return _to_async(await asyncio.to_thread(self._stream_complete_now, prompt, formatted, kwargs, collectors))
+
+    # ------------------------------------------------------------------ chat API
+
+    def _chat_now(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any],
+                  collectors: tuple[_tracking.Collector, ...]) -> ChatResponse:
+        kwargs = dict(kwargs)
+        tooling = _pop_tooling(kwargs)
+        settings, args = self._engine_args(kwargs)
+        engine_messages = to_engine_messages(messages)
+        if tooling.tools or _has_tool_history(engine_messages):
+            return self._chat_with_tools_now(engine_messages, tooling, settings, args, collectors)
+        result = generate(self._model_arg(), engine_messages, **args)
+        assert isinstance(result, GenerationResult)
+        return self._chat_response(result, settings, collectors, text=result.text)
+
+    def _chat_response(self, result: GenerationResult, settings: DecodeSettings,
+                       collectors: tuple[_tracking.Collector, ...], *, text: str,
+                       tool_calls: Sequence[ToolCallBlock] = (), delta: str | None = None) -> ChatResponse:
+        summary = report(result, settings)
+        _tracking.record(collectors, summary)
+        blocks: list[Any] = [TextBlock(text=text)] if text or not tool_calls else []
+        blocks.extend(tool_calls)
+        message = ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks)
+        return ChatResponse(message=message, delta=delta, raw=raw_payload(result, settings),
+                            additional_kwargs=summary)
+
+    def _stream_chat_now(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any],
+                         collectors: tuple[_tracking.Collector, ...]) -> ChatResponseGen:
+        kwargs = dict(kwargs)
+        tooling = _pop_tooling(kwargs)
+        settings, args = self._engine_args(kwargs)
+        engine_messages = to_engine_messages(messages)
+        if tooling.tools or _has_tool_history(engine_messages):
+            return self._stream_chat_with_tools_now(engine_messages, tooling, settings, args, collectors)
+        deltas = stream(self._model_arg(), engine_messages, **args)
+
+        def gen() -> ChatResponseGen:
+            text = ""
+            for delta, last in _with_last(deltas):
+                text += delta
+                if not last:
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
+                else:
+                    yield self._chat_response(deltas.result, settings, collectors, text=text, delta=delta)
+
+        return gen()
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Answers a conversation (tool results accepted); with ``tools=`` it may answer with tool calls."""
+        return self._chat_now(messages, kwargs, _tracking.open_collectors())
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Streams the same message as :meth:`chat`; the last chunk carries tool calls and the report."""
+        return self._stream_chat_now(messages, kwargs, _tracking.open_collectors())
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """:meth:`chat` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self._chat_now, messages, kwargs, _tracking.open_collectors())
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """:meth:`stream_chat` with each step (checks, model loading, tool rendering too) in a worker thread."""
+        collectors = _tracking.open_collectors()
+        return _to_async(await asyncio.to_thread(self._stream_chat_now, messages, kwargs, collectors))
+
+    # ------------------------------------------------------------------ function calling
+
+    def _tool_request(self, engine_messages: list[dict[str, Any]], tooling: _Tooling, settings: DecodeSettings,
+                      args: dict[str, Any]) -> tuple[LocalModel, list[dict[str, Any]], dict[str, Any], ToolChoice]:
+        """Checks the tools and the request, then renders tools and tool history for the chat template.
+
+        Templates without tool support get the fallback format of :mod:`shared_core.tools` (earlier
+        calls as ``<tool_call>`` text, results as ``<tool_response>`` turns), also when this call
+        passes no tools but the history holds calls and results.
+
+        Returns the model, the messages to decode, the engine arguments and the resolved choice. A
+        forced call (``tool_required`` or ``tool_choice`` naming a tool) decodes with the
+        ``"tool_call"`` strategy, which writes valid JSON for the tool's schema; a reward judges answers,
+        not call syntax, so it is not applied to forced calls.
+        """
+        if settings.urial:
+            raise ConfigError("urial", "URIAL prompts cannot carry tools or tool results; use urial=False here")
+        tools = normalize_tools(tooling.tools)
+        choice = resolve_tool_choice(tooling.tool_choice, tools)
+        if tooling.tool_required and choice.mode == "auto":
+            choice = ToolChoice("required", choice.names)
+        if choice.forced:
+            args = dict(strategy="tool_call", reward=None, max_new_tokens=settings.max_new_tokens,
+                        seed=settings.seed, **forced_call_params(tools, choice))
+        validate_request("check", params={k: v for k, v in args.items() if k not in _ENGINE_KEYS},
+                         **{k: v for k, v in args.items() if k in _ENGINE_KEYS})
+        lm = self._lm()
+        prepared = prepare_tool_prompt(engine_messages, tools, tokenizer=lm.tokenizer, tool_choice=choice)
+        return lm, prepared.messages, {**args, "tools": prepared.template_tools}, choice
+
+    def _chat_with_tools_now(self, engine_messages: list[dict[str, Any]], tooling: _Tooling,
+                             settings: DecodeSettings, args: dict[str, Any],
+                             collectors: tuple[_tracking.Collector, ...]) -> ChatResponse:
+        lm, messages, args, choice = self._tool_request(engine_messages, tooling, settings, args)
+        result = generate(lm, messages, **args)
+        assert isinstance(result, GenerationResult)
+        text, calls = _split_calls(result.text, choice)
+        return self._chat_response(result, settings, collectors, text=text, tool_calls=calls)
+
+    def _stream_chat_with_tools_now(self, engine_messages: list[dict[str, Any]], tooling: _Tooling,
+                                    settings: DecodeSettings, args: dict[str, Any],
+                                    collectors: tuple[_tracking.Collector, ...]) -> ChatResponseGen:
+        """Streams plain text as it comes, holding back anything that may start a tool call.
+
+        The last chunk carries the parsed tool calls and the report; a forced call streams no text.
+        """
+        lm, messages, args, choice = self._tool_request(engine_messages, tooling, settings, args)
+        deltas = stream(lm, messages, **args)
+
+        def gen() -> ChatResponseGen:
+            raw = ""
+            shown = ""
+            for delta in deltas:
+                raw += delta
+                visible = "" if choice.forced else raw[: streamable_length(raw)]
+                if len(visible) > len(shown):
+                    new, shown = visible[len(shown):], visible
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=shown), delta=new)
+            text, calls = _split_calls(raw, choice)
+            last = text[len(shown):] if text.startswith(shown) else ""
+            yield self._chat_response(deltas.result, settings, collectors, text=text, tool_calls=calls, delta=last)
+
+        return gen()
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The ``chat`` arguments for a tool-calling turn: messages, OpenAI tool schemas, forcing."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
+        elif user_msg is not None:
+            messages.append(user_msg)
+        schemas = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        return {"messages": messages, "tools": schemas or None, "tool_required": tool_required,
+                "tool_choice": tool_choice, "allow_parallel_tool_calls": allow_parallel_tool_calls, **kwargs}
+
+    def _validate_chat_with_tools_response(self, response: ChatResponse, tools: Sequence[BaseTool],
+                                           allow_parallel_tool_calls: bool = False, **kwargs: Any) -> ChatResponse:
+        """Keeps only the first tool call unless parallel calls are allowed."""
+        if not allow_parallel_tool_calls:
+            calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+            if len(calls) > 1:
+                response.message.blocks = [b for b in response.message.blocks
+                                           if not isinstance(b, ToolCallBlock) or b is calls[0]]
+        return response
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        """The ToolCallBlocks of ``response.message`` as LlamaIndex ``ToolSelection``s."""
+        calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+        if not calls:
+            if error_on_no_tool_call:
+                raise ValueError(f"Expected at least one tool call, but got 0 tool calls: {response.message.content!r}")
+            return []
+        selections = []
+        for i, call in enumerate(calls):
+            arguments = call.tool_kwargs if isinstance(call.tool_kwargs, dict) else {}
+            selections.append(ToolSelection(tool_id=call.tool_call_id or f"call_{i}", tool_name=call.tool_name,
+                                            tool_kwargs=arguments))
+        return selections
+
+
+# ---------------------------------------------------------------------- helpers
+
+# The engine's own keyword arguments (the rest of a request's arguments are strategy parameters).
+_ENGINE_KEYS = ("strategy", "reward", "max_new_tokens", "stop", "seed", "urial")
+
+
+def _has_tool_history(messages: Sequence[dict[str, Any]]) -> bool:
+    return any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+
+
+def _split_calls(text: str, choice: ToolChoice) -> tuple[str, list[ToolCallBlock]]:
+    """The answer's plain text and its tool calls as ToolCallBlocks (none when tools are off)."""
+    if choice.mode == "none":
+        return text, []
+    parsed = parse_tool_calls(text, list(choice.names))
+    blocks = [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in parsed.tool_calls]
+    return parsed.text, blocks
+
+
+@dataclass
+class _Tooling:
+    """The tool-calling arguments of one chat call."""
+
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    tool_required: bool = False
+    allow_parallel_tool_calls: bool = False
+
+
+def _pop_tooling(kwargs: dict[str, Any]) -> _Tooling:
+    return _Tooling(tools=kwargs.pop("tools", None) or None, tool_choice=kwargs.pop("tool_choice", None),
+                    tool_required=bool(kwargs.pop("tool_required", False)),
+                    allow_parallel_tool_calls=bool(kwargs.pop("allow_parallel_tool_calls", False)))
+
+
+def _with_last(items: Iterator[str]) -> Iterator[tuple[str, bool]]:
+    """``(item, is_last)`` pairs; an empty iterator still yields one ``("", True)``.
+
+    Holding back one delta lets the final chunk carry both text and the report, with no empty chunk.
+    """
+    previous: Any = _END
+    for item in items:
+        if previous is not _END:
+            yield previous, False
+        previous = item
+    yield ("" if previous is _END else previous), True
+
+
+async def _to_async(gen: Iterator[T]) -> AsyncIterator[T]:
+    """Drives a blocking generator from a worker thread, one item at a time."""
+    try:
+        while True:
+            item = await asyncio.to_thread(next, gen, _END)
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        close: Callable[[], None] | None = getattr(gen, "close", None)
+        if close is not None:
+            try:
+                close()
+            except ValueError:  # still running in its thread after a cancellation; it ends on its own
+                pass
