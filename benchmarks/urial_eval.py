@@ -1,7 +1,7 @@
 """URIAL on the embedded base model: clean, self-terminating answers on 20 prompts, and the preamble cache.
 
 Usage: .venv/bin/python benchmarks/urial_eval.py [--model gemma3-270m] [--max-new-tokens 160]
-Writes benchmarks/results/urial_eval.json with, per prompt, the URIAL answer and the plain
+Writes benchmarks/results/urial_eval_rp<penalty>.json with, per prompt, the URIAL answer and the plain
 (no URIAL) continuation, and the summary: share of non-empty outputs, share free of format debris,
 share that stopped by itself before the token budget, and the preamble-cache timing (prompt
 processing of a second call as a ratio of the first call's, medians over several queries).
@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--cache-runs", type=int, default=3)
+    parser.add_argument("--repetition-penalty", type=float, default=1.2,
+                        help="base models loop without one; applied to generated tokens only")
     args = parser.parse_args()
 
     lm = load_model(args.model)
@@ -57,8 +59,9 @@ def main() -> None:
     started = time.perf_counter()
     rows = []
     for prompt in prompts:
-        aligned = generate(lm, prompt, urial=True, max_new_tokens=args.max_new_tokens)
-        plain = generate(lm, prompt, max_new_tokens=min(args.max_new_tokens, 80))
+        aligned = generate(lm, prompt, urial=True, max_new_tokens=args.max_new_tokens,
+                           repetition_penalty=args.repetition_penalty)
+        plain = generate(lm, prompt, max_new_tokens=64, repetition_penalty=args.repetition_penalty)
         rows.append({
             "prompt": prompt,
             "urial": aligned.text,
@@ -67,6 +70,7 @@ def main() -> None:
             "plain": plain.text,
             "plain_finish_reason": plain.finish_reason,
         })
+        print(f"[{len(rows)}/{len(prompts)}] {aligned.finish_reason:6s} {aligned.text[:70]!r}", flush=True)
     n = len(rows)
     summary = {
         "non_empty": sum(bool(r["urial"].strip()) for r in rows) / n,
@@ -77,13 +81,14 @@ def main() -> None:
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "model": args.model,
         "max_new_tokens": args.max_new_tokens,
+        "repetition_penalty": args.repetition_penalty,
         "prompts": n,
         "summary": summary,
         "preamble_cache": cache_timing(lm, prompts[:4], args.cache_runs),
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
     }
-    out = HERE / "results" / "urial_eval.json"
+    out = HERE / "results" / f"urial_eval_rp{args.repetition_penalty}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))

@@ -60,6 +60,7 @@ from shared_core.errors import ConfigError
 
 __all__ = [
     "URIAL_STOP_STRINGS",
+    "find_answer_end",
     "VARIANTS",
     "FORMAT_NOTE",
     "ExampleLike",
@@ -413,6 +414,31 @@ def parse_urial_answer(text: str) -> str:
         if open_kind == "bare" and cut_at_header:
             end = opener
     return "\n".join(lines[:end]).strip()
+
+
+def find_answer_end(text: str) -> int:
+    """Where the answer ends in a continuation still being generated, or -1 while it is open.
+
+    The answer has ended once a bare fence line that is not inside a labelled code block is followed
+    by a blank line: the format closes each answer with a fence and a blank line before the next
+    ``# Query:``, and small base models often close the fence and then drift on without the header.
+    Returns the index of the newline before that fence (the text before it is the answer).
+    """
+    inside_labelled = False
+    start = 0
+    while True:
+        end = text.find("\n", start)
+        if end < 0:
+            return -1
+        kind = _fence_kind(text[start:end])
+        if kind == "labelled":
+            inside_labelled = True
+        elif kind == "bare":
+            if inside_labelled:
+                inside_labelled = False
+            elif start > 0 and text.startswith("\n", end + 1):
+                return start - 1
+        start = end + 1
 
 
 def _fence_kind(line: str) -> Literal["bare", "labelled"] | None:

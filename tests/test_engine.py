@@ -165,3 +165,16 @@ def test_failing_reward_surfaces_with_context(tiny_model: LocalModel) -> None:
         generate(tiny_model, "hello", reward=broken, max_new_tokens=3)
     assert isinstance(info.value.__cause__, ZeroDivisionError)
     assert "broken" in str(info.value)
+
+
+def test_repetition_penalty_breaks_loops_and_is_off_at_one(tiny_model: LocalModel) -> None:
+    plain = generate(tiny_model, "hello", max_new_tokens=30)
+    assert len(set(plain.token_ids)) < 30  # the random model repeats itself
+    assert generate(tiny_model, "hello", max_new_tokens=30, repetition_penalty=1.0).token_ids == plain.token_ids
+    penalized = generate(tiny_model, "hello", max_new_tokens=30, repetition_penalty=100.0)
+    assert len(set(penalized.token_ids)) > len(set(plain.token_ids))
+
+
+def test_repetition_penalty_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="params.repetition_penalty"):
+        generate("no-such-model-is-loaded-first", "hello", repetition_penalty=0.0)

@@ -451,3 +451,14 @@ def test_module_is_pure_text():
 def test_docstring_examples_run():
     result = doctest.testmod(urial)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_find_answer_end_stops_at_a_closed_outer_fence() -> None:
+    from shared_core.urial import find_answer_end
+
+    drifting = "The sky is blue.\n```\n\n- Use reflect()"
+    assert drifting[: find_answer_end(drifting)] == "The sky is blue."
+    with_code = "Run:\n```python\nprint(1)\n```\n\nThen done.\n```\n\n"
+    assert with_code[: find_answer_end(with_code)] == "Run:\n```python\nprint(1)\n```\n\nThen done."
+    assert find_answer_end("Still writing\n```\n") == -1  # no blank line yet: could be an inner block
+    assert find_answer_end("No fence yet.\n\n") == -1

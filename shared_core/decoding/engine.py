@@ -13,6 +13,7 @@ from shared_core.decoding.base import DecodeJob, PrefixCache, Strategy, get_stra
 from shared_core.decoding.sampling import make_generator
 from shared_core.decoding.stopping import StopState
 from shared_core.decoding.urial_mode import UrialOptions, parse_urial_option, render_urial, urial_deltas
+from shared_core.urial import find_answer_end
 from shared_core.errors import ConfigError
 from shared_core.models import LocalModel, load_model, validate_messages
 from shared_core.result import GenerationResult, GenerationStats
@@ -206,7 +207,8 @@ class _Request:
                 model=lm, prompt_ids=ids, prompt_text=request_text(prompt), params=self.params,
                 reward=self.reward, max_new_tokens=self.max_new_tokens,
                 generator=make_generator(seed, lm.device), stats=stats,
-                state=StopState(lm.decode, lm.eos_token_ids, self.stops, self.max_new_tokens),
+                state=StopState(lm.decode, lm.eos_token_ids, self.stops, self.max_new_tokens,
+                                stop_finder=None if self.urial is None else find_answer_end),
                 prefix=prefix, prompt=prompt, chat=self.chat,
             ))
         return jobs

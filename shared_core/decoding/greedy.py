@@ -6,14 +6,23 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from shared_core.decoding.base import DecodeJob, NoParams, Strategy, register_strategy
-from shared_core.decoding.sampling import SamplingParams, choose_tokens
+from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
+from shared_core.decoding.sampling import RepetitionParams, SamplingParams, choose_tokens, penalize_repeats
 
 
-def _step_loop(job: DecodeJob, params: SamplingParams) -> Iterator[Sequence[int]]:
+class GreedyParams(RepetitionParams):
+    """Greedy decoding's only knob: an optional repetition penalty."""
+
+
+class SampleParams(SamplingParams, RepetitionParams):
+    """Sampling settings plus an optional repetition penalty."""
+
+
+def _step_loop(job: DecodeJob, params: SamplingParams, penalty: float) -> Iterator[Sequence[int]]:
     runner = job.runner()
     logits, cache = job.prefill()
     while True:
+        logits = penalize_repeats(logits.unsqueeze(0), [job.committed], penalty)[0]
         token = int(choose_tokens(logits.unsqueeze(0), params, job.generator)[0])
         yield (token,)
         if job.finished:
@@ -21,7 +30,9 @@ def _step_loop(job: DecodeJob, params: SamplingParams) -> Iterator[Sequence[int]
         logits = runner.step(cache, torch.tensor([[token]], device=runner.device))[0]
 
 
-def _batch_loop(jobs: Sequence[DecodeJob], params: SamplingParams) -> Iterator[list[Sequence[int]]]:
+def _batch_loop(
+    jobs: Sequence[DecodeJob], params: SamplingParams, penalty: float
+) -> Iterator[list[Sequence[int]]]:
     """Left-padded batch decoding; rows that finish leave the batch so they cost nothing more."""
     lm = jobs[0].model
     device = lm.device
@@ -41,6 +52,7 @@ def _batch_loop(jobs: Sequence[DecodeJob], params: SamplingParams) -> Iterator[l
     active = list(range(len(jobs)))
     next_pos = positions[:, -1] + 1
     while True:
+        logits = penalize_repeats(logits, [jobs[row].committed for row in active], penalty)
         if params.greedy:
             tokens = logits.argmax(-1)
         else:
@@ -74,14 +86,14 @@ class GreedyStrategy(Strategy):
     """The most likely token at every step: the baseline every other strategy is measured against."""
 
     name = "greedy"
-    Params = NoParams
+    Params = GreedyParams
     description = "argmax decoding with a KV cache"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
-        return _step_loop(job, SamplingParams(temperature=0.0))
+        return _step_loop(job, SamplingParams(temperature=0.0), job.params.repetition_penalty)
 
     def decode_batch(self, jobs: Sequence[DecodeJob]) -> Iterator[list[Sequence[int]]]:
-        return _batch_loop(jobs, SamplingParams(temperature=0.0))
+        return _batch_loop(jobs, SamplingParams(temperature=0.0), jobs[0].params.repetition_penalty)
 
 
 @register_strategy
@@ -89,11 +101,11 @@ class SampleStrategy(Strategy):
     """Ancestral sampling with temperature, top-k and top-p; reproducible with a seed."""
 
     name = "sample"
-    Params = SamplingParams
+    Params = SampleParams
     description = "sampling with temperature / top_k / top_p"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
-        return _step_loop(job, job.params)
+        return _step_loop(job, job.params, job.params.repetition_penalty)
 
     def decode_batch(self, jobs: Sequence[DecodeJob]) -> Iterator[list[Sequence[int]]]:
-        return _batch_loop(jobs, jobs[0].params)
+        return _batch_loop(jobs, jobs[0].params, jobs[0].params.repetition_penalty)

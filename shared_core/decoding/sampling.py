@@ -68,3 +68,38 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     else:
         generator.manual_seed(seed)
     return generator
+
+
+class RepetitionParams(BaseModel):
+    """A repetition penalty for plain decoding; small base models otherwise loop on one sentence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="divide positive logits (multiply negative ones) of already generated tokens; 1 = off"
+    )
+
+    @field_validator("repetition_penalty")
+    @classmethod
+    def _finite_penalty(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+def penalize_repeats(logits: torch.Tensor, generated: list[list[int]], penalty: float) -> torch.Tensor:
+    """Applies the CTRL-style repetition penalty to each row over the tokens *generated* in that row.
+
+    Unlike ``transformers``' processor, prompt tokens are not penalized: a few-shot prompt (URIAL)
+    would otherwise make its own format tokens unlikely.
+    """
+    if penalty == 1.0 or not any(generated):
+        return logits
+    logits = logits.clone()
+    for row, ids in enumerate(generated):
+        if not ids:
+            continue
+        index = torch.tensor(sorted(set(ids)), device=logits.device)
+        values = logits[row, index]
+        logits[row, index] = torch.where(values > 0, values / penalty, values * penalty)
+    return logits

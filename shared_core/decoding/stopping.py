@@ -21,6 +21,7 @@ class StopState:
     eos_token_ids: frozenset[int]
     stop_strings: tuple[str, ...]
     max_new_tokens: int
+    stop_finder: Callable[[str], int] | None = None  # a structural stop (e.g. URIAL's closed answer)
     token_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     _text: str = ""
@@ -40,8 +41,10 @@ class StopState:
             self.finish_reason = "eos"
             return True
         self._text = self.decode(self.token_ids)
-        if self.stop_strings:
+        if self.stop_strings or self.stop_finder:
             hits = [i for i in (self._text.find(s) for s in self.stop_strings) if i >= 0]
+            if self.stop_finder is not None and (found := self.stop_finder(self._text)) >= 0:
+                hits.append(found)
             if hits:
                 self._stop_at = min(hits)
                 self.finish_reason = "stop"
