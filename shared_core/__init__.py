@@ -15,6 +15,7 @@ from shared_core.decoding import (
     register_strategy,
     stream,
 )
+from shared_core import tools as tools  # registers the "tool_call" strategy (forced, schema-valid calls)
 from shared_core.errors import ConfigError, DealError, ModelLoadError, RewardError
 from shared_core.models import DEFAULT_MODEL, EMBEDDED_MODELS, LocalModel, load_model
 from shared_core.policies import list_policies, register_policy, resolve_policy, unregister_policy

@@ -1,0 +1,128 @@
+"""DeALLLM: a LangChain text-completion LLM (``BaseLLM``) over deal's decoding engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseLLM, LangSmithParams
+from langchain_core.outputs import GenerationChunk, LLMResult
+
+from langchain_deal._utils import (
+    PROVIDER,
+    DeALSettings,
+    iterate_in_thread,
+    plan_call,
+    response_metadata,
+    usage_metadata,
+)
+from shared_core.decoding.engine import stream as engine_stream
+from shared_core.errors import ConfigError
+from shared_core.models import load_model
+
+
+class DeALLLM(DeALSettings, BaseLLM):
+    """Plain-text completion on a local model, steered by a reward; the string-in, string-out sibling of
+    :class:`~langchain_deal.ChatDeAL` with the same fields and per-call overrides.
+
+    ``chat`` decides how a prompt string reaches the model: ``None`` (default) sends it as one user
+    message when the model has a chat template (instruction models), ``False`` continues the raw text
+    (base models), ``True`` always uses the template.
+
+    Each generation's ``generation_info`` holds the same metadata ChatDeAL puts in
+    ``response_metadata`` (strategy, policy, reward breakdown, stats, token usage).
+
+    Example:
+        .. code-block:: python
+
+            from langchain_deal import DeALLLM
+
+            llm = DeALLLM(model="smollm2", max_tokens=48, reward={"type": "keywords", "words": ["salt"]})
+            llm.invoke("How do I cook pasta?")
+    """
+
+    chat: bool | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check_settings()
+
+    @property
+    def _llm_type(self) -> str:
+        return "deal-llm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "strategy": self.strategy, "policy": self.policy,
+                "strategy_params": self.strategy_params, "max_tokens": self.max_tokens, "chat": self.chat}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(ls_provider=PROVIDER, ls_model_name=kwargs.get("model") or self.model,
+                                 ls_model_type="llm")
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = float(temperature)
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
+
+    def _chunks(self, prompt: str, stop: list[str] | None, on_token: Callable[[str, GenerationChunk], None] | None,
+                **kwargs: Any) -> Iterator[GenerationChunk]:
+        if kwargs.get("tools"):
+            raise ConfigError("tools", "DeALLLM completes text; use ChatDeAL.bind_tools for tool calling")
+        plan = plan_call(self, kwargs, stop=stop)
+        lm = load_model(plan.model, device=self.device)
+        deltas = engine_stream(lm, prompt, strategy=plan.strategy, reward=plan.reward, chat=self.chat,
+                               max_new_tokens=plan.max_new_tokens, stop=plan.stop, seed=plan.seed, **plan.params)
+        for delta in deltas:
+            chunk = GenerationChunk(text=delta)
+            if on_token is not None:
+                on_token(delta, chunk)
+            yield chunk
+        result = deltas.result
+        info = response_metadata(result, plan, model_name=plan.model)
+        info["usage_metadata"] = usage_metadata(result)
+        yield GenerationChunk(text="", generation_info=info)
+
+    def _stream(self, prompt: str, stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+        on_token = None
+        if run_manager is not None:
+            def on_token(token: str, chunk: GenerationChunk) -> None:
+                run_manager.on_llm_new_token(token, chunk=chunk)
+        yield from self._chunks(prompt, stop, on_token, **kwargs)
+
+    async def _astream(self, prompt: str, stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+        plan_call(self, kwargs, stop=stop)
+        async for chunk in iterate_in_thread(lambda: self._chunks(prompt, stop, None, **kwargs)):
+            if run_manager is not None and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    def _generate(self, prompts: list[str], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        generations = []
+        for prompt in prompts:
+            final: GenerationChunk | None = None
+            for chunk in self._stream(prompt, stop, run_manager, **kwargs):
+                final = chunk if final is None else final + chunk
+            assert final is not None
+            generations.append([final])
+        return LLMResult(generations=generations, llm_output={"model_name": self.model})
+
+    async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        generations = []
+        for prompt in prompts:
+            final: GenerationChunk | None = None
+            async for chunk in self._astream(prompt, stop, run_manager, **kwargs):
+                final = chunk if final is None else final + chunk
+            assert final is not None
+            generations.append([final])
+        return LLMResult(generations=generations, llm_output={"model_name": self.model})
