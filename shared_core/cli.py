@@ -153,6 +153,40 @@ def strategies() -> None:
         typer.echo(f"{name}: {cls.description}" + (f"  [{fields}]" if fields else ""))
 
 
+@app.command("train-arm")
+def train_arm_command(
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder to write the trained ARM to.")],
+    base: Annotated[str, typer.Option("--base", "-b", help="Model to start from (share the policy's tokenizer).")] = "smollm2",
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="JSON lines of prompt/chosen/rejected; default: the shipped example (concise over verbose).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the pairs.")] = 2,
+    beta: Annotated[float, typer.Option("--beta", help="Bradley-Terry scale on the log-likelihood margin.")] = 0.1,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step.")] = 4,
+    layers: Annotated[int, typer.Option("--layers", help="Top decoder layers to train (0 = all parameters).")] = 4,
+    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Margins relative to the frozen base (DPO form).")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")] = None,
+) -> None:
+    """Train an autoregressive reward model (ARM) for `--strategy genarm` from preference pairs."""
+    from shared_core.arm_training import train_arm
+
+    try:
+        _quiet_transformers()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        report = train_arm(base, data, out, epochs=epochs, beta=beta, learning_rate=lr, batch_size=batch_size,
+                           train_layers=layers or None, reference=reference, seed=seed, log=typer.echo)
+    except DealError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"ARM written to {report.out_dir} in {report.seconds:.0f}s "
+               f"(loss {report.epoch_losses[0]:.4f} -> {report.epoch_losses[-1]:.4f}). Use it with:")
+    spec = json.dumps({"type": "arm", "model": report.out_dir, "weight": 1.0})
+    typer.echo(f"  deal generate \"...\" -m {base} -s genarm -r '{spec}'")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

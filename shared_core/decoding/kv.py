@@ -72,7 +72,7 @@ class ModelRunner:
         logits = self.step(
             cache, candidates.view(1, k), attention_mask=mask, position_ids=positions, all_positions=True
         )
-        cache.crop(prefix_len)
+        cache.crop(-k)  # transformers 5 takes the number of tokens to drop, as a negative count
         return logits[0]
 
 

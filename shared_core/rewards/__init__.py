@@ -4,6 +4,7 @@ Build them directly in Python, or from a JSON spec with :func:`shared_core.specs
 Importing this package does not import torch or transformers; model-backed rewards load on first use.
 """
 
+from shared_core.rewards.arm import ArmReward
 from shared_core.rewards.base import Reward, TokenScorer
 from shared_core.rewards.callable import CallableReward
 from shared_core.rewards.classifier import ClassifierReward, ClassifierTokenScorer
@@ -13,6 +14,7 @@ from shared_core.rewards.safety import SafetyReward
 from shared_core.rewards.weighted import TextTokenScorer, WeightedReward, evaluate_reward
 
 __all__ = [
+    "ArmReward",
     "CallableReward",
     "ClassifierReward",
     "ClassifierTokenScorer",
