@@ -48,24 +48,32 @@ CLASSIFIER = {"type": "classifier", "model": "smollm2"}
 
 def naive_args(lm: LocalModel, prompt: str, reward: Any, max_new_tokens: int, top_k: int = TOP_K,
                weight: float = 1.0) -> dict[str, Any]:
-    """ARGS as the public reference code does it: re-score k full texts from scratch at every step."""
-    ids = lm.render(prompt)
+    """ARGS as public reference code does it: every step, re-score the k full sequences from text.
+
+    The k candidate sequences (chat-formatted prompt + continuation + candidate) are decoded to text,
+    re-tokenized and run through the classifier from scratch (one padded batch, no cache). They are the
+    same sequences the incremental scorer rates, so both pick the same tokens; only the reward side
+    differs (the policy keeps its KV cache here too).
+    """
+    prompt_ids = lm.render(prompt)
+    _, tokenizer = reward.load()
     with torch.inference_mode():
-        out = lm.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+        out = lm.model(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
         logits, cache = out.logits[0, -1], out.past_key_values
         generated: list[int] = []
         for _ in range(max_new_tokens):
             top = torch.topk(torch.log_softmax(logits.float(), dim=-1), top_k)
             candidates = top.indices.tolist()
-            texts = [lm.decode(generated + [c]) for c in candidates]
-            scores = torch.tensor(reward.score(texts, prompt=prompt))
+            texts = [tokenizer.decode(prompt_ids + generated + [c], skip_special_tokens=False) for c in candidates]
+            sequences = tokenizer(texts, add_special_tokens=False)["input_ids"]
+            scores = torch.tensor(reward.score_ids(sequences))
             token = candidates[int(torch.argmax(top.values + weight * scores))]
             generated.append(token)
             if token in lm.eos_token_ids:
                 break
             out = lm.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[0, -1]
-    return {"new_tokens": len(generated)}
+    return {"new_tokens": len(generated), "token_ids": generated}
 
 
 def main() -> None:
@@ -80,12 +88,12 @@ def main() -> None:
 
     lm = load_model(args.model)
     classifier = build_reward(CLASSIFIER)
+    assert classifier is not None
     keywords = {"type": "keywords", "words": ["water", "energy"]}
     # warm up: weights loaded, first-call overheads paid
     generate(lm, "Hi", max_new_tokens=4)
     generate(lm, "Hi", strategy="args", reward=classifier, max_new_tokens=4)
     generate(lm, "Hi", strategy="best_of_n", reward=keywords, max_new_tokens=4)
-    assert classifier is not None
 
     runs: dict[str, Callable[[str], dict[str, Any]]] = {
         "greedy": lambda p: _summary(generate(lm, p, max_new_tokens=MAX_NEW_TOKENS)),
@@ -136,6 +144,9 @@ def main() -> None:
         summary["args_classifier_k10"]["speedup_vs_naive_per_token"] = (
             summary["naive_args_classifier_k10"]["median_seconds_per_generated_token"]
             / summary["args_classifier_k10"]["median_seconds_per_generated_token"])
+        same = [a["token_ids"] == b["token_ids"]
+                for a, b in zip(samples["args_classifier_k10"], samples["naive_args_classifier_k10"])]
+        summary["args_classifier_k10"]["same_tokens_as_naive"] = f"{sum(same)}/{len(same)}"
     payload = {
         "benchmark": "bench_strategies",
         "model": args.model,
@@ -163,7 +174,8 @@ def main() -> None:
 
 
 def _summary(result: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {"new_tokens": result.stats.new_tokens, "forward_passes": result.stats.forward_passes}
+    info: dict[str, Any] = {"new_tokens": result.stats.new_tokens, "forward_passes": result.stats.forward_passes,
+                            "token_ids": result.token_ids}
     if result.strategy == "best_of_n":
         # each batched step generates one token for every live row: the longest sample sets the steps
         info["decoding_steps"] = result.stats.forward_passes.get("policy", 0)
