@@ -47,7 +47,9 @@ class Scenario:
                 return False, "uses: " + ", ".join(found["forbidden"])
             if found["missing"]:
                 return False, "missing: " + ", ".join(found["missing"])
-            return True, "all words used" if self.reward.get("words") else "avoids: " + ", ".join(self.reward["forbidden"])
+            if self.reward.get("words"):
+                return True, "all words used"
+            return True, "avoids: " + ", ".join(self.reward["forbidden"])
         if kind == "length":
             limit = self.reward["max_words"]
             n = len(result.text.split())
@@ -115,8 +117,9 @@ def run_demo(model: str = "smollm2", max_new_tokens: int = 64, quick: bool = Fal
     console = Console()
     scenarios = [s for s in SCENARIOS if s.quick] if quick else list(SCENARIOS)
     started = time.perf_counter()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(f"loading {model}", total=2 * len(scenarios))
         lm = load_model(model)
         done = [0]

@@ -29,7 +29,9 @@ class BestOfNParams(BaseModel):
     temperature: float = Field(0.8, gt=0.0, allow_inf_nan=False, description="sampling temperature (> 0)")
     top_p: float = Field(0.95, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus mass kept when sampling")
     top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0 = all")
-    include_greedy: bool = Field(False, description="make the first row greedy, so the winner never scores below greedy")
+    include_greedy: bool = Field(
+        False, description="make the first row greedy, so the winner never scores below greedy"
+    )
 
 
 def nucleus(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -418,8 +418,9 @@ class DealStrategy(Strategy):
 
     Example:
         >>> from shared_core import generate
-        >>> r = generate("smollm2", "Write one sentence using all of these words: dog, frisbee, catch, park.",  # doctest: +SKIP
-        ...              strategy="deal", reward={"type": "keywords", "words": ["dog", "frisbee", "catch", "park"]})
+        >>> words = ["dog", "frisbee", "catch", "park"]
+        >>> r = generate("smollm2", "Write one sentence using all of these words: " + ", ".join(words) + ".",
+        ...              strategy="deal", reward={"type": "keywords", "words": words})  # doctest: +SKIP
     """
 
     name = "deal"
