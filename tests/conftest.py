@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 from shared_core.models import LocalModel, load_model
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Decodes with one torch thread in a module, restoring the setting after it.
+
+    On shared 2-core machines torch's second intra-op thread spin-waits whenever the other core is busy:
+    20 greedy SmolLM2 tokens took 10-16 s with 2 threads and 1.7-1.9 s with 1 while other processes ran
+    (token-by-token decoding is many small ops, where thread hand-offs dominate). Modules of many tiny
+    forwards opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

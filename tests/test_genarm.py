@@ -17,13 +17,7 @@ from shared_core.specs import build_reward
 PROMPT = "hello there"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tests run many tiny forwards, which extra threads only slow down on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_config(tokenizer, **extra):

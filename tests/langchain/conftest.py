@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -11,17 +9,8 @@ from shared_core.models import LocalModel, load_model
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Decodes with one torch thread in these tests, restoring the setting after each module.
-
-    On this project's shared 2-core machines, torch's second intra-op thread spin-waits whenever the
-    other core is busy: 20 greedy tokens of SmolLM2 took 10-16 s with 2 threads and 1.7-1.9 s with 1
-    while other processes ran (token-by-token decoding is many small ops, where thread hand-offs dominate).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every LangChain test module decodes with one torch thread (see ``one_torch_thread``)."""
 
 
 @pytest.fixture(scope="session")
