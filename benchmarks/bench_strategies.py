@@ -2,7 +2,10 @@
 
 * ``args`` at k=10 with a model-based reward, ``{"type": "classifier", "model": "smollm2"}``: the
   embedded weights loaded as a sequence classifier. Its tokenizer matches the policy's, so ARGS uses
-  the incremental scorer: one cached classifier forward per token rates all 10 candidates.
+  the incremental scorer: one cached classifier forward per token rates all 10 candidates. Run twice:
+  with the classifier in fp32 (like the policy) and in bf16 (``"dtype": "bfloat16"``; the policy stays
+  fp32). On this CPU a classifier forward over 11 tokens costs ~1.5x a 1-token policy forward in fp32,
+  so fp32 args cannot go below ~2.3x greedy; bf16 halves the classifier's share.
 * ``naive args``: the same selection rule written the way public reference code does it: every step,
   the 10 candidate continuations are decoded to text and re-scored from scratch by the classifier
   (prompt + continuation, 10 rows, no cache). The policy side keeps its KV cache, so the difference
@@ -44,6 +47,7 @@ PROMPTS = [
     "What are the benefits of regular exercise?",
 ]
 CLASSIFIER = {"type": "classifier", "model": "smollm2"}
+CLASSIFIER_BF16 = {**CLASSIFIER, "dtype": "bfloat16"}
 
 
 def naive_args(lm: LocalModel, prompt: str, reward: Any, max_new_tokens: int, top_k: int = TOP_K,
@@ -88,17 +92,21 @@ def main() -> None:
 
     lm = load_model(args.model)
     classifier = build_reward(CLASSIFIER)
-    assert classifier is not None
+    classifier_bf16 = build_reward(CLASSIFIER_BF16)
+    assert classifier is not None and classifier_bf16 is not None
     keywords = {"type": "keywords", "words": ["water", "energy"]}
     # warm up: weights loaded, first-call overheads paid
     generate(lm, "Hi", max_new_tokens=4)
     generate(lm, "Hi", strategy="args", reward=classifier, max_new_tokens=4)
+    generate(lm, "Hi", strategy="args", reward=classifier_bf16, max_new_tokens=4)
     generate(lm, "Hi", strategy="best_of_n", reward=keywords, max_new_tokens=4)
 
     runs: dict[str, Callable[[str], dict[str, Any]]] = {
         "greedy": lambda p: _summary(generate(lm, p, max_new_tokens=MAX_NEW_TOKENS)),
         "args_classifier_k10": lambda p: _summary(generate(lm, p, strategy="args", reward=classifier, top_k=TOP_K,
                                                            max_new_tokens=MAX_NEW_TOKENS)),
+        "args_classifier_bf16_k10": lambda p: _summary(generate(lm, p, strategy="args", reward=classifier_bf16,
+                                                                top_k=TOP_K, max_new_tokens=MAX_NEW_TOKENS)),
         "best_of_n_8": lambda p: _summary(generate(lm, p, strategy="best_of_n", reward=keywords, n=8, seed=0,
                                                    max_new_tokens=MAX_NEW_TOKENS)),
     }
@@ -147,11 +155,15 @@ def main() -> None:
         same = [a["token_ids"] == b["token_ids"]
                 for a, b in zip(samples["args_classifier_k10"], samples["naive_args_classifier_k10"])]
         summary["args_classifier_k10"]["same_tokens_as_naive"] = f"{sum(same)}/{len(same)}"
+    fp32_vs_bf16 = [a["token_ids"] == b["token_ids"]
+                    for a, b in zip(samples["args_classifier_k10"], samples["args_classifier_bf16_k10"])]
+    summary["args_classifier_bf16_k10"]["same_tokens_as_fp32_classifier"] = f"{sum(fp32_vs_bf16)}/{len(fp32_vs_bf16)}"
     payload = {
         "benchmark": "bench_strategies",
         "model": args.model,
         "max_new_tokens": MAX_NEW_TOKENS,
         "reward_for_args": CLASSIFIER,
+        "reward_for_args_bf16": CLASSIFIER_BF16,
         "reward_for_best_of_n": keywords,
         "prompts": PROMPTS,
         "repeats": args.repeats,

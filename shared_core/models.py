@@ -20,11 +20,13 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from shared_core.cpu_linear import use_small_batch_linear
 from shared_core.errors import ConfigError, ModelLoadError
 
 T = TypeVar("T")
@@ -344,6 +346,16 @@ class LocalModel:
             return int(self.tokenizer.pad_token_id)
         return min(self.eos_token_ids) if self.eos_token_ids else 0
 
+    @cached_property
+    def layout_token_ids(self) -> frozenset[int]:
+        """Ids of tokens whose text is only whitespace or backticks: newlines, indentation, code fences.
+
+        A repetition penalty leaves these alone (see ``RepetitionParams``). Computed once per model by
+        decoding the vocabulary (about a second for a 262k vocabulary).
+        """
+        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        return frozenset(i for i, text in enumerate(texts) if text and not text.strip(" \t\r\n`"))
+
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
@@ -419,6 +431,7 @@ def _load(name: str, location: str, device: torch.device, dtype: torch.dtype,
         raise ModelLoadError(f"model: could not load {name!r} from {location!r}: {exc}.{hint}") from exc
     model.to(device)
     model.eval()
+    use_small_batch_linear(model)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return LocalModel(

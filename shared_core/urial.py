@@ -59,6 +59,7 @@ from typing import Any, Literal, Union
 from shared_core.errors import ConfigError
 
 __all__ = [
+    "ANSWER_END",
     "URIAL_STOP_STRINGS",
     "find_answer_end",
     "VARIANTS",
@@ -87,6 +88,9 @@ FENCE = "```"
 QUERY_HEADER = "# Query:"
 ANSWER_HEADER = "# Answer:"
 
+#: How an answer ends in the format: its closing fence, a blank line, the next query's header.
+ANSWER_END = f"\n{FENCE}\n\n{QUERY_HEADER}"
+
 #: Stop strings for a generator continuing a URIAL prompt. They are matched at the start of a line
 #: (``"\n# Query:"``, not ``"# Query"``), so a code comment such as ``# Query the table`` inside an
 #: answer does not end generation. The first one ends the text *before* the closing fence in the usual
@@ -94,7 +98,7 @@ ANSWER_HEADER = "# Answer:"
 #: may start a stop string), so neither the final nor the streamed text shows the fence.
 #: ``"\n# Answer:"`` catches a model that skips the next query header.
 URIAL_STOP_STRINGS: tuple[str, ...] = (
-    f"\n{FENCE}\n\n{QUERY_HEADER}",
+    ANSWER_END,
     f"\n{QUERY_HEADER}",
     f"\n{ANSWER_HEADER}",
 )

@@ -175,6 +175,23 @@ def test_repetition_penalty_breaks_loops_and_is_off_at_one(tiny_model: LocalMode
     assert len(set(penalized.token_ids)) > len(set(plain.token_ids))
 
 
+def test_repetition_penalty_leaves_newlines_and_fences_alone(tiny_model: LocalModel) -> None:
+    from shared_core.decoding.sampling import RepetitionParams, penalize_repeats, repetition_exemptions
+
+    layout = tiny_model.layout_token_ids
+    newline, fence, word = (tiny_model.encode(text) for text in ("\n", "```", " the"))
+    assert len(newline) == len(fence) == len(word) == 1
+    assert newline[0] in layout and fence[0] in layout and word[0] not in layout
+    logits = torch.full((1, tiny_model.vocab_size), 2.0)
+    penalized = penalize_repeats(logits, [newline + fence + word], 2.0, layout)[0]
+    assert penalized[newline[0]] == penalized[fence[0]] == 2.0 and penalized[word[0]] == 1.0
+    assert repetition_exemptions(RepetitionParams(repetition_penalty=1.2), lambda: layout) == layout
+    assert repetition_exemptions(RepetitionParams(repetition_penalty=1.2, penalize_layout=True), lambda: layout) == set()
+    assert repetition_exemptions(RepetitionParams(), lambda: layout) == set()  # no penalty: nothing to compute
+    everything = generate(tiny_model, "hello", max_new_tokens=30, repetition_penalty=100.0, penalize_layout=True)
+    assert len(set(everything.token_ids)) == len(everything.token_ids)  # nothing may repeat at all
+
+
 def test_repetition_penalty_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="params.repetition_penalty"):
         generate("no-such-model-is-loaded-first", "hello", repetition_penalty=0.0)

@@ -368,6 +368,31 @@ def test_incremental_scorer_without_prompt_starts_from_an_empty_cache(tiny_rm_di
     assert scorer.score_candidates([], []) == []
 
 
+def test_classifier_in_bfloat16_loads_in_that_dtype_and_ranks_like_float32(tiny_rm_dir, smol_tokenizer) -> None:
+    full = ClassifierReward(tiny_rm_dir, include_prompt=False)
+    half = ClassifierReward(tiny_rm_dir, include_prompt=False, dtype="bfloat16")
+    assert full.load()[0].dtype == torch.float32
+    assert half.load()[0].dtype == torch.bfloat16  # a second copy: the cache key includes the dtype
+    texts = ["Sure.", "I think the answer is forty two, because", "No", "A much longer answer " * 5]
+    assert half.score(texts) == pytest.approx(full.score(texts), abs=0.1)
+    assert half.spec.dtype == "bfloat16"
+    prompt_ids = _ids(smol_tokenizer, "Rate this: the cat")
+    scorer = half.token_scorer(SimpleNamespace(tokenizer=smol_tokenizer), prompt_ids)
+    assert scorer is not None
+    candidates = [_ids(smol_tokenizer, w)[0] for w in (" sat", " dog", " quietly")]
+    by_ids = half.score_ids([[c] for c in candidates])
+    assert scorer.score_candidates([], candidates) == pytest.approx(by_ids, abs=0.05)
+
+
+def test_classifier_bad_device_or_dtype_is_a_config_error(tiny_rm_dir) -> None:
+    with pytest.raises(ConfigError) as info:
+        ClassifierReward(tiny_rm_dir, dtype="int8")
+    assert info.value.field == "dtype" and "'bfloat16'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ClassifierReward(tiny_rm_dir, device="tpu")
+    assert info.value.field == "device"
+
+
 def test_token_scorer_needs_the_same_vocabulary(tiny_rm_dir) -> None:
     from transformers import AutoTokenizer
 

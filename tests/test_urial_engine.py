@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import pytest
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from shared_core import ConfigError, generate, load_model, stream
+from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
 from shared_core.decoding.urial_mode import clear_prefix_cache, urial_deltas
 from shared_core.models import LocalModel
 from shared_core.urial import parse_urial_answer, urial_prompt
@@ -21,6 +25,12 @@ def _wide_tiny(tmp_path, smollm2: LocalModel) -> LocalModel:
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     smollm2.tokenizer.save_pretrained(tmp_path)
     return load_model(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def wide_tiny(tmp_path_factory: pytest.TempPathFactory, smollm2: LocalModel) -> LocalModel:
+    """A tiny random model whose context window holds the URIAL preamble."""
+    return _wide_tiny(tmp_path_factory.mktemp("wide-tiny"), smollm2)
 
 
 def test_cached_preamble_gives_the_same_tokens_as_a_full_prefill(tmp_path, smollm2: LocalModel) -> None:
@@ -94,3 +104,40 @@ def test_bad_urial_options_fail_before_model_work(urial, message: str) -> None:
 def test_preamble_longer_than_the_context_window(tiny_model: LocalModel) -> None:
     with pytest.raises(ConfigError, match=r"preamble: urial preamble is \d+ tokens .*context window is 512 tokens"):
         generate(tiny_model, "Hello", urial=True, max_new_tokens=4)
+
+
+class _ScriptParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = ""
+
+
+@register_strategy
+class _ScriptedStrategy(Strategy):
+    """Emits a fixed continuation token by token, whatever the model says: format handling in isolation."""
+
+    name = "urial_test_scripted"
+    Params = _ScriptParams
+
+    def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
+        for token in job.model.encode(job.params.text):
+            yield (token,)
+
+
+@pytest.mark.parametrize(
+    ("continuation", "expected"),
+    [
+        # the answer opens an unlabelled block; the stop string takes the block's closing fence with it
+        ("Benefits:\n```\n1) mood\n2) sleep\n```\n\n# Query:\n```x```", "Benefits:\n```\n1) mood\n2) sleep\n```"),
+        ("Paris.\n```\n\n# Query:", "Paris."),  # the usual end
+        ("Paris.\n```\n\nSome drift.\n", "Paris."),  # the fence closed, then drift without a header
+        ("Intro\n```python\nx = 1\n```\n\nDone.\n```\n\n# Query:", "Intro\n```python\nx = 1\n```\n\nDone."),
+    ],
+)
+def test_urial_answers_keep_their_code_blocks_balanced(wide_tiny: LocalModel, continuation: str,
+                                                       expected: str) -> None:
+    result = generate(wide_tiny, "q", urial=True, strategy="urial_test_scripted", text=continuation,
+                      max_new_tokens=200)
+    assert result.finish_reason == "stop"
+    assert result.text == expected
+    assert "".join(stream(wide_tiny, "q", urial=True, strategy="urial_test_scripted", text=continuation,
+                          max_new_tokens=200)) == expected

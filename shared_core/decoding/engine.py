@@ -233,15 +233,28 @@ class _Request:
         if self.urial is not None:
             from shared_core.urial import parse_urial_answer
 
-            return parse_urial_answer(job.state.text)
+            return parse_urial_answer(_urial_raw_text(job))
         return job.state.text
 
     def deltas(self, strategy: Strategy, job: DecodeJob) -> Iterator[str]:
         """The text deltas a reader sees; they add up to :meth:`final_text`."""
         raw = _drive(strategy, job)
         if self.urial is not None:
-            return urial_deltas(lambda: job.state.text, raw)
+            return urial_deltas(lambda: _urial_raw_text(job), raw)
         return raw
+
+
+def _urial_raw_text(job: DecodeJob) -> str:
+    """The continuation of a URIAL prompt, closed the way the format closes an answer once it has ended.
+
+    A stop string or the structural stop cut the text *before* the closing fence, and a model may end
+    with EOS instead of the fence; re-adding the end marker lets the parser pair an inner code block
+    the model opened with a bare fence, instead of leaving that fence unbalanced in the answer.
+    """
+    from shared_core.urial import ANSWER_END
+
+    state = job.state
+    return state.text + ANSWER_END if state.finish_reason in ("stop", "eos") else state.text
 
 
 def _drive(strategy: Strategy, job: DecodeJob) -> Iterator[str]:

@@ -7,7 +7,13 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
-from shared_core.decoding.sampling import RepetitionParams, SamplingParams, choose_tokens, penalize_repeats
+from shared_core.decoding.sampling import (
+    RepetitionParams,
+    SamplingParams,
+    choose_tokens,
+    penalize_repeats,
+    repetition_exemptions,
+)
 
 
 class GreedyParams(RepetitionParams):
@@ -18,11 +24,13 @@ class SampleParams(SamplingParams, RepetitionParams):
     """Sampling settings plus an optional repetition penalty."""
 
 
-def _step_loop(job: DecodeJob, params: SamplingParams, penalty: float) -> Iterator[Sequence[int]]:
+def _step_loop(job: DecodeJob, params: SamplingParams, repetition: RepetitionParams) -> Iterator[Sequence[int]]:
     runner = job.runner()
+    penalty = repetition.repetition_penalty
+    exempt = repetition_exemptions(repetition, lambda: job.model.layout_token_ids)
     logits, cache = job.prefill()
     while True:
-        logits = penalize_repeats(logits.unsqueeze(0), [job.committed], penalty)[0]
+        logits = penalize_repeats(logits.unsqueeze(0), [job.committed], penalty, exempt)[0]
         token = int(choose_tokens(logits.unsqueeze(0), params, job.generator)[0])
         yield (token,)
         if job.finished:
@@ -31,10 +39,12 @@ def _step_loop(job: DecodeJob, params: SamplingParams, penalty: float) -> Iterat
 
 
 def _batch_loop(
-    jobs: Sequence[DecodeJob], params: SamplingParams, penalty: float
+    jobs: Sequence[DecodeJob], params: SamplingParams, repetition: RepetitionParams
 ) -> Iterator[list[Sequence[int]]]:
     """Left-padded batch decoding; rows that finish leave the batch so they cost nothing more."""
     lm = jobs[0].model
+    penalty = repetition.repetition_penalty
+    exempt = repetition_exemptions(repetition, lambda: lm.layout_token_ids)
     device = lm.device
     width = max(len(j.prompt_ids) for j in jobs)
     input_ids = torch.full((len(jobs), width), lm.pad_token_id, dtype=torch.long, device=device)
@@ -52,7 +62,7 @@ def _batch_loop(
     active = list(range(len(jobs)))
     next_pos = positions[:, -1] + 1
     while True:
-        logits = penalize_repeats(logits, [jobs[row].committed for row in active], penalty)
+        logits = penalize_repeats(logits, [jobs[row].committed for row in active], penalty, exempt)
         if params.greedy:
             tokens = logits.argmax(-1)
         else:
@@ -90,10 +100,10 @@ class GreedyStrategy(Strategy):
     description = "argmax decoding with a KV cache"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
-        return _step_loop(job, SamplingParams(temperature=0.0), job.params.repetition_penalty)
+        return _step_loop(job, SamplingParams(temperature=0.0), job.params)
 
     def decode_batch(self, jobs: Sequence[DecodeJob]) -> Iterator[list[Sequence[int]]]:
-        return _batch_loop(jobs, SamplingParams(temperature=0.0), jobs[0].params.repetition_penalty)
+        return _batch_loop(jobs, SamplingParams(temperature=0.0), jobs[0].params)
 
 
 @register_strategy
@@ -105,7 +115,7 @@ class SampleStrategy(Strategy):
     description = "sampling with temperature / top_k / top_p"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
-        return _step_loop(job, job.params, job.params.repetition_penalty)
+        return _step_loop(job, job.params, job.params)
 
     def decode_batch(self, jobs: Sequence[DecodeJob]) -> Iterator[list[Sequence[int]]]:
-        return _batch_loop(jobs, jobs[0].params, jobs[0].params.repetition_penalty)
+        return _batch_loop(jobs, jobs[0].params, jobs[0].params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -71,12 +72,21 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 class RepetitionParams(BaseModel):
-    """A repetition penalty for plain decoding; small base models otherwise loop on one sentence."""
+    """A repetition penalty for plain decoding; small base models otherwise loop on one sentence.
+
+    Layout tokens (whitespace only, or backticks only: newlines, indentation, code fences) are left
+    alone unless ``penalize_layout`` is set, as llama.cpp leaves newlines alone: penalizing them keeps
+    a model from ending a line or closing a fence once it has done so before, and a URIAL answer ends
+    with exactly such a line.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     repetition_penalty: float = Field(
         1.0, gt=0.0, description="divide positive logits (multiply negative ones) of already generated tokens; 1 = off"
+    )
+    penalize_layout: bool = Field(
+        False, description="apply the penalty to whitespace-only and backtick-only tokens too"
     )
 
     @field_validator("repetition_penalty")
@@ -87,19 +97,29 @@ class RepetitionParams(BaseModel):
         return value
 
 
-def penalize_repeats(logits: torch.Tensor, generated: list[list[int]], penalty: float) -> torch.Tensor:
+def penalize_repeats(
+    logits: torch.Tensor, generated: list[list[int]], penalty: float, exempt: frozenset[int] = frozenset()
+) -> torch.Tensor:
     """Applies the CTRL-style repetition penalty to each row over the tokens *generated* in that row.
 
     Unlike ``transformers``' processor, prompt tokens are not penalized: a few-shot prompt (URIAL)
-    would otherwise make its own format tokens unlikely.
+    would otherwise make its own format tokens unlikely. Tokens in ``exempt`` are never penalized.
     """
     if penalty == 1.0 or not any(generated):
         return logits
     logits = logits.clone()
     for row, ids in enumerate(generated):
-        if not ids:
+        penalized = set(ids) - exempt
+        if not penalized:
             continue
-        index = torch.tensor(sorted(set(ids)), device=logits.device)
+        index = torch.tensor(sorted(penalized), device=logits.device)
         values = logits[row, index]
         logits[row, index] = torch.where(values > 0, values / penalty, values * penalty)
     return logits
+
+
+def repetition_exemptions(params: RepetitionParams, layout_token_ids: Callable[[], frozenset[int]]) -> frozenset[int]:
+    """The token ids ``params``' penalty leaves alone: the model's layout tokens unless those are penalized too."""
+    if params.repetition_penalty == 1.0 or params.penalize_layout:
+        return frozenset()
+    return layout_token_ids()
