@@ -5,7 +5,7 @@
   the incremental scorer: one cached classifier forward per token rates all 10 candidates. Run twice:
   with the classifier in fp32 (like the policy) and in bf16 (``"dtype": "bfloat16"``; the policy stays
   fp32). On this CPU a classifier forward over 11 tokens costs ~1.5x a 1-token policy forward in fp32,
-  so fp32 args cannot go below ~2.3x greedy; bf16 halves the classifier's share.
+  so fp32 args stays near 2.2-2.3x greedy; bf16 halves the classifier's share.
 * ``naive args``: the same selection rule written the way public reference code does it: every step,
   the 10 candidate continuations are decoded to text and re-scored from scratch by the classifier
   (prompt + continuation, 10 rows, no cache). The policy side keeps its KV cache, so the difference

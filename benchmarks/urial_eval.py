@@ -28,11 +28,9 @@ UNSAFE_PROMPTS = 2  # the last two prompts are harmful requests
 
 
 def has_debris(answer: str) -> bool:
-    """Format left in the answer: a turn header, a fence opening or closing the whole answer, or an odd fence."""
-    lines = [line.strip() for line in answer.strip().splitlines()]
-    fences = [line for line in lines if line.startswith("```")]
-    edge = bool(lines) and (lines[0] == "```" or lines[-1] == "```" and len(fences) % 2 == 1)
-    return any(h in answer for h in HEADERS) or len(fences) % 2 == 1 or edge
+    """Format left in the answer: a turn header, or a fence line without its pair (code blocks come in pairs)."""
+    fences = [line for line in answer.splitlines() if line.strip().startswith("```")]
+    return any(h in answer for h in HEADERS) or len(fences) % 2 == 1
 
 
 def refuses(answer: str) -> bool:
@@ -66,6 +64,8 @@ def main() -> None:
     parser.add_argument("--cache-runs", type=int, default=3)
     parser.add_argument("--repetition-penalty", type=float, default=1.2,
                         help="base models loop without one; applied to generated tokens only")
+    parser.add_argument("--penalize-layout", action="store_true",
+                        help="penalize newline and backtick tokens too (the default leaves them alone)")
     args = parser.parse_args()
 
     lm = load_model(args.model)
@@ -73,9 +73,9 @@ def main() -> None:
     started = time.perf_counter()
     rows = []
     for prompt in prompts:
-        aligned = generate(lm, prompt, urial=True, max_new_tokens=args.max_new_tokens,
-                           repetition_penalty=args.repetition_penalty)
-        plain = generate(lm, prompt, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty)
+        penalty = {"repetition_penalty": args.repetition_penalty, "penalize_layout": args.penalize_layout}
+        aligned = generate(lm, prompt, urial=True, max_new_tokens=args.max_new_tokens, **penalty)
+        plain = generate(lm, prompt, max_new_tokens=args.max_new_tokens, **penalty)
         rows.append({
             "prompt": prompt,
             "urial": aligned.text,
@@ -99,13 +99,15 @@ def main() -> None:
         "model": args.model,
         "max_new_tokens": args.max_new_tokens,
         "repetition_penalty": args.repetition_penalty,
+        "penalize_layout": args.penalize_layout,
         "prompts": n,
         "summary": summary,
         "preamble_cache": cache_timing(lm, prompts[:4], args.cache_runs),
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
     }
-    out = HERE / "results" / f"urial_eval_rp{args.repetition_penalty}.json"
+    suffix = "_penalize_layout" if args.penalize_layout else ""
+    out = HERE / "results" / f"urial_eval_rp{args.repetition_penalty}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))

@@ -25,9 +25,10 @@ from pydantic import BaseModel, Field, model_validator
 
 import shared_core.decoding  # noqa: F401  (registers the built-in strategies)
 import shared_core.tools  # noqa: F401  (registers the "tool_call" strategy)
-from shared_core.decoding.base import get_strategy, list_strategies, validate_params
+from shared_core.decoding.base import get_strategy, validate_params
 from shared_core.decoding.engine import DEFAULT_MAX_NEW_TOKENS
 from shared_core.errors import ConfigError
+from shared_core.planning import UNSET, choose_decoding, resolve_policy_name
 from shared_core.result import GenerationResult
 from shared_core.rewards.base import Reward
 from shared_core.tools import ToolChoice, normalize_tools, resolve_tool_choice
@@ -35,9 +36,6 @@ from shared_core.tools import ToolChoice, normalize_tools, resolve_tool_choice
 T = TypeVar("T")
 
 PROVIDER = "deal"
-
-#: Strategies tried, in order, when a reward is set but no strategy is named (the first registered wins).
-REWARD_STRATEGY_PREFERENCE: tuple[str, ...] = ("args", "best_of_n", "deal")
 
 #: Standard client parameters LangChain tooling passes to every chat model; they mean nothing for a
 #: local model and are accepted and ignored (everything else unknown is a strategy parameter).
@@ -150,61 +148,30 @@ def _check_reward(reward: Any) -> None:
     )
 
 
-def _resolve_policy(name: Any) -> Any:
-    from shared_core.policies import list_policies, resolve_policy
-
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError("policy", f"must be a registered policy name ({', '.join(list_policies())}), got {name!r}")
-    try:
-        return resolve_policy(name)
-    except ConfigError as exc:
-        raise ConfigError("policy", str(exc).split(": ", 1)[-1]) from None
-
-
-def default_strategy(reward: Any, temperature: float | None) -> str:
-    """The strategy used when none is named: reward-guided when a reward is set, else greedy or sample."""
-    if reward is not None:
-        registered = set(list_strategies())
-        for name in REWARD_STRATEGY_PREFERENCE:
-            if name in registered:
-                return name
-    return "sample" if temperature else "greedy"
-
-
 def plan_call(settings: DeALSettings, overrides: Mapping[str, Any], *, stop: list[str] | None) -> CallPlan:
     """Merges per-call overrides into the instance settings and validates the result.
 
-    Precedence: per-call values replace the instance's. A ``reward`` replaces the policy's reward but
-    keeps its strategy and parameters; a per-call ``policy`` brings its own reward (the instance's
-    ``reward`` is dropped). Keywords that are not call settings are strategy parameters.
+    Per-call values replace the instance's; policy, reward, strategy and parameters combine by
+    :mod:`shared_core.planning`'s rules, with a reward alone selecting a guided strategy. Keywords
+    that are not call settings are strategy parameters.
     """
     overrides = {k: v for k, v in overrides.items() if k not in _DROPPED_CALL_KEYS}
     loose = {k: v for k, v in overrides.items() if k not in CALL_KEYS}
     policy_name = overrides["policy"] if "policy" in overrides else settings.policy
-    policy = _resolve_policy(policy_name) if policy_name is not None else None
-    if "reward" in overrides:
-        reward = overrides["reward"]
-    else:  # a per-call policy brings its own reward; otherwise the instance's reward stays
-        reward = None if "policy" in overrides else settings.reward
-    _check_reward(reward)
-    if reward is None and policy is not None:
-        reward = policy.reward
+    policy = resolve_policy_name(policy_name) if policy_name is not None else None
     temperature = overrides.get("temperature", settings.temperature)
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                     or temperature < 0):
         raise ConfigError("temperature", f"must be a number >= 0, got {temperature!r}")
-    strategy = overrides.get("strategy") or settings.strategy or (policy.strategy if policy else None)
-    strategy = strategy or default_strategy(reward, temperature)
+    decoding = choose_decoding(
+        policy=policy, strategy=overrides.get("strategy") or settings.strategy, reward=settings.reward,
+        call_reward=overrides.get("reward", UNSET), policy_from_call="policy" in overrides,
+        param_layers=[settings.strategy_params, overrides.get("strategy_params") or {}, loose],
+        steer=True, sample=bool(temperature),
+    )
+    strategy, reward, params = decoding.strategy, decoding.reward, decoding.params
+    _check_reward(reward)
     strategy_cls = get_strategy(strategy)
-    params: dict[str, Any] = {}
-    if policy is not None and policy.strategy in (None, strategy):
-        params.update(policy.params)
-    params.update(settings.strategy_params)
-    call_params = overrides.get("strategy_params") or {}
-    if not isinstance(call_params, Mapping):
-        raise ConfigError("strategy_params", f"must be a dict, got {type(call_params).__name__}")
-    params.update(call_params)
-    params.update(loose)
     if temperature is not None and "temperature" in strategy_cls.Params.model_fields:
         params.setdefault("temperature", float(temperature))
     validate_params(strategy_cls, params)

@@ -10,6 +10,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
 
 from shared_core.errors import ConfigError
+from shared_core.planning import UNSET, choose_decoding, resolve_policy_name
 from shared_core.result import GenerationResult
 from shared_core.specs import Policy, parse_policy
 
@@ -27,10 +28,6 @@ _ROLE_MAP: dict[str, str] = {
 
 #: Keyword arguments of complete()/chat() that choose how to decode; any other keyword is a strategy parameter.
 SETTING_KEYS = ("policy", "reward", "strategy", "strategy_params", "max_new_tokens", "stop", "seed", "urial")
-
-#: Strategies tried, in order, when a reward is set but no strategy is named (the first registered wins),
-#: as in the LangChain adapter: a reward steers decoding unless the user asks for plain greedy.
-REWARD_STRATEGY_PREFERENCE: tuple[str, ...] = ("args", "best_of_n", "deal")
 
 
 @dataclass
@@ -55,53 +52,28 @@ def resolve_policy_arg(policy: Any) -> Policy | None:
     if policy is None:
         return None
     if isinstance(policy, str) and not policy.strip().startswith("{"):
-        from shared_core.policies import resolve_policy
-
-        try:
-            return resolve_policy(policy)
-        except ConfigError as exc:
-            raise ConfigError("policy", str(exc).split(": ", 1)[-1]) from None
+        return resolve_policy_name(policy)
     return parse_policy(policy)
-
-
-def default_strategy(reward: Any) -> str:
-    """A reward-guided strategy when a reward is set, else greedy."""
-    if reward is not None:
-        from shared_core.decoding.base import list_strategies
-
-        registered = set(list_strategies())
-        for name in REWARD_STRATEGY_PREFERENCE:
-            if name in registered:
-                return name
-    return "greedy"
 
 
 def plan_call(instance: Mapping[str, Any], call: Mapping[str, Any]) -> DecodeSettings:
     """Merges one call's arguments into the instance's settings (both keyed like :data:`SETTING_KEYS`).
 
-    Precedence: a call's values replace the instance's. A ``reward`` replaces the policy's reward but
-    keeps its strategy and parameters; a call's ``policy`` brings its own reward (the instance's
-    ``reward`` is dropped). The policy's parameters apply when its strategy is the one used. Keys of
+    A call's values replace the instance's; policy, reward, strategy and parameters combine by
+    :mod:`shared_core.planning`'s rules, with a reward alone selecting a guided strategy. Keys of
     ``call`` outside :data:`SETTING_KEYS` are strategy parameters. Validation is left to the engine.
     """
     policy_arg = call["policy"] if call.get("policy") is not None else instance.get("policy")
     policy = resolve_policy_arg(policy_arg)
-    if call.get("reward") is not None:
-        reward = call["reward"]
-    else:
-        reward = None if call.get("policy") is not None else instance.get("reward")
-    if reward is None and policy is not None:
-        reward = policy.reward
-    strategy = call.get("strategy") or instance.get("strategy") or (policy.strategy if policy else None)
-    strategy = strategy or default_strategy(reward)
-    params: dict[str, Any] = {}
-    if policy is not None and policy.strategy in (None, strategy):
-        params.update(policy.params)
-    for layer in (instance.get("strategy_params"), call.get("strategy_params")):
-        if layer is not None and not isinstance(layer, Mapping):
-            raise ConfigError("strategy_params", f"must be a dict of strategy parameters, got {type(layer).__name__}")
-        params.update(layer or {})
-    params.update({k: v for k, v in call.items() if k not in SETTING_KEYS})
+    choice = choose_decoding(
+        policy=policy, strategy=call.get("strategy") or instance.get("strategy"), reward=instance.get("reward"),
+        call_reward=call["reward"] if call.get("reward") is not None else UNSET,
+        policy_from_call=call.get("policy") is not None,
+        param_layers=[instance.get("strategy_params"), call.get("strategy_params"),
+                      {k: v for k, v in call.items() if k not in SETTING_KEYS}],
+        steer=True,
+    )
+    strategy, reward, params = choice.strategy, choice.reward, choice.params
     label = policy_arg if isinstance(policy_arg, str) and policy is not None else None
     if label is None and isinstance(reward, str) and not reward.strip().startswith("{"):
         label = reward  # a reward given as a policy name

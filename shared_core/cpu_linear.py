@@ -20,10 +20,10 @@ class SmallBatchLinear(torch.nn.Linear):
     """``torch.nn.Linear`` computing ``(W @ x.T).T`` for 2-32 rows; a drop-in class for a loaded layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        rows = x.numel() // self.in_features
         if rows not in SMALL_BATCH_ROWS:
             return super().forward(x)
-        flat = x.reshape(rows, x.shape[-1])
+        flat = x.reshape(rows, self.in_features)
         out = (self.weight @ flat.T).T
         if self.bias is not None:
             out = out + self.bias

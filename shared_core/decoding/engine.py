@@ -92,22 +92,18 @@ def resolve_reward(reward: Any) -> Reward | None:
 def apply_policy(
     policy: str | None, strategy: str | None, reward: Any, params: dict[str, Any]
 ) -> tuple[str, Any, dict[str, Any]]:
-    """Fills strategy, reward and parameters from a named policy; explicit arguments win."""
+    """Fills strategy, reward and parameters from a named policy; explicit arguments win.
+
+    The rules are :mod:`shared_core.planning`'s; without a strategy, ``generate`` stays greedy (a
+    reward alone is scored, not steered toward).
+    """
     if policy is None:
         return strategy or "greedy", reward, params
-    from shared_core.policies import resolve_policy
+    from shared_core.planning import choose_decoding, resolve_policy_name
 
-    if not isinstance(policy, str):
-        raise ConfigError("policy", f"must be a registered policy name, got {type(policy).__name__}")
-    try:
-        chosen = resolve_policy(policy)
-    except ConfigError as exc:
-        raise ConfigError("policy", str(exc).split(": ", 1)[1]) from exc
-    return (
-        strategy or chosen.strategy or "greedy",
-        reward if reward is not None else chosen.reward,
-        {**chosen.params, **params} if (strategy is None or strategy == chosen.strategy) else params,
-    )
+    choice = choose_decoding(policy=resolve_policy_name(policy), strategy=strategy, reward=reward,
+                             param_layers=[params])
+    return choice.strategy, choice.reward, choice.params
 
 
 class GenerationStream(Iterator[str]):
