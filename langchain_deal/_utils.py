@@ -10,8 +10,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from langchain_core.language_models import LangSmithParams
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -83,11 +84,30 @@ class DeALSettings(BaseModel):
             values["strategy_params"] = {**loose, **dict(values.get("strategy_params") or {})}
         return values
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check_settings()
+
     def check_settings(self) -> None:
         """Validates the instance's settings (no model work); called from ``__init__``."""
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or self.max_tokens <= 0):
             raise ConfigError("max_tokens", f"must be a positive integer, got {self.max_tokens!r}")
         plan_call(self, {}, stop=None)
+
+    def ls_params(self, model_type: Literal["chat", "llm"], stop: list[str] | None,
+                  overrides: Mapping[str, Any]) -> LangSmithParams:
+        """The LangSmith tracing parameters of one call (``_get_ls_params`` of both models)."""
+        params = LangSmithParams(ls_provider=PROVIDER, ls_model_name=overrides.get("model") or self.model,
+                                 ls_model_type=model_type)
+        temperature = overrides.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = float(temperature)
+        max_tokens = overrides.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
 
 
 # --------------------------------------------------------------------------- per-call plan

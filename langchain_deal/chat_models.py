@@ -16,7 +16,6 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from langchain_deal._utils import (
-    PROVIDER,
     DeALSettings,
     dumps_args,
     iterate_in_thread,
@@ -85,10 +84,6 @@ class ChatDeAL(DeALSettings, BaseChatModel):
             msg.content, msg.response_metadata["reward"], msg.usage_metadata
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.check_settings()
-
     @property
     def _llm_type(self) -> str:
         return "deal-chat"
@@ -103,20 +98,7 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider=PROVIDER,
-            ls_model_name=kwargs.get("model") or self.model,
-            ls_model_type="chat",
-        )
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None:
-            params["ls_temperature"] = float(temperature)
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            params["ls_max_tokens"] = max_tokens
-        if stop or self.stop:
-            params["ls_stop"] = list(stop or self.stop or [])
-        return params
+        return self.ls_params("chat", stop, kwargs)
 
     # ------------------------------------------------------------------ per-chain configuration
 

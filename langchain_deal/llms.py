@@ -10,7 +10,6 @@ from langchain_core.language_models import BaseLLM, LangSmithParams
 from langchain_core.outputs import GenerationChunk, LLMResult
 
 from langchain_deal._utils import (
-    PROVIDER,
     DeALSettings,
     iterate_in_thread,
     plan_call,
@@ -44,10 +43,6 @@ class DeALLLM(DeALSettings, BaseLLM):
 
     chat: bool | None = None
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.check_settings()
-
     @property
     def _llm_type(self) -> str:
         return "deal-llm"
@@ -58,17 +53,7 @@ class DeALLLM(DeALSettings, BaseLLM):
                 "strategy_params": self.strategy_params, "max_tokens": self.max_tokens, "chat": self.chat}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(ls_provider=PROVIDER, ls_model_name=kwargs.get("model") or self.model,
-                                 ls_model_type="llm")
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None:
-            params["ls_temperature"] = float(temperature)
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            params["ls_max_tokens"] = max_tokens
-        if stop or self.stop:
-            params["ls_stop"] = list(stop or self.stop or [])
-        return params
+        return self.ls_params("llm", stop, kwargs)
 
     def _chunks(self, prompt: str, stop: list[str] | None, on_token: Callable[[str, GenerationChunk], None] | None,
                 **kwargs: Any) -> Iterator[GenerationChunk]:

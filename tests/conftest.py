@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,23 +33,44 @@ def smollm2() -> LocalModel:
     return load_model("smollm2")
 
 
+SaveTinyLlama = Callable[..., str]
+
+
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2: LocalModel) -> str:
-    """A 2-layer random Llama with the SmolLM2 tokenizer, saved as safetensors."""
+def save_tiny_llama() -> SaveTinyLlama:
+    """Saves a seeded random 2-layer, 64-wide Llama with a given tokenizer as safetensors; returns the folder.
+
+    ``save(folder, tokenizer, seed=0, model_class=LlamaForCausalLM, edit=None, **config)``: ``config``
+    overrides the shared config (``max_position_embeddings=2048``, ``num_labels=3`` ...), ``edit``
+    changes the weights before saving. Every tiny test model is built here, so they differ only where
+    a test needs them to.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    tokenizer = smollm2.tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    def save(folder: str | Path, tokenizer: Any, *, seed: int = 0, model_class: Any = LlamaForCausalLM,
+             edit: Callable[[Any], None] | None = None, **config: Any) -> str:
+        settings = {
+            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **config,
+        }
+        torch.manual_seed(seed)
+        model = model_class(LlamaConfig(**settings))
+        if edit is not None:
+            with torch.no_grad():
+                edit(model)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return str(folder)
+
+    return save
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2: LocalModel,
+                   save_tiny_llama: SaveTinyLlama) -> str:
+    """A 2-layer random Llama with the SmolLM2 tokenizer, saved as safetensors."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2.tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -20,33 +20,18 @@ PROMPT = "hello there"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _tiny_config(tokenizer, **extra):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra,
-    )
-
-
-def make_token_lover(folder: Path, tokenizer, token_id: int, seed: int) -> str:
+def make_token_lover(save_tiny_llama, folder: Path, tokenizer, token_id: int, seed: int) -> str:
     """A tiny ARM that puts almost all probability on ``token_id`` at every position.
 
     A huge bias on the last MLP output makes the final hidden state point in one fixed direction
     whatever the input; the (untied) output row of ``token_id`` is aligned with it.
     """
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(_tiny_config(tokenizer, mlp_bias=True, tie_word_embeddings=False))
-    direction = torch.nn.functional.normalize(torch.randn(64), dim=0)
-    with torch.no_grad():
+    def love(model) -> None:
+        direction = torch.nn.functional.normalize(torch.randn(64), dim=0)
         model.model.layers[-1].mlp.down_proj.bias.copy_(1000.0 * direction)
         model.lm_head.weight[token_id] = 10.0 * direction
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+
+    return save_tiny_llama(folder, tokenizer, seed=seed, edit=love, mlp_bias=True, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +43,13 @@ def tokens(smollm2: LocalModel) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def arm_a(tmp_path_factory, smollm2: LocalModel, tokens) -> str:
-    return make_token_lover(tmp_path_factory.mktemp("arm-a"), smollm2.tokenizer, tokens[0], seed=1)
+def arm_a(tmp_path_factory, smollm2: LocalModel, tokens, save_tiny_llama) -> str:
+    return make_token_lover(save_tiny_llama, tmp_path_factory.mktemp("arm-a"), smollm2.tokenizer, tokens[0], seed=1)
 
 
 @pytest.fixture(scope="module")
-def arm_b(tmp_path_factory, smollm2: LocalModel, tokens) -> str:
-    return make_token_lover(tmp_path_factory.mktemp("arm-b"), smollm2.tokenizer, tokens[1], seed=2)
+def arm_b(tmp_path_factory, smollm2: LocalModel, tokens, save_tiny_llama) -> str:
+    return make_token_lover(save_tiny_llama, tmp_path_factory.mktemp("arm-b"), smollm2.tokenizer, tokens[1], seed=2)
 
 
 def arm(model: str, weight: float = 1.0, **extra) -> dict:
@@ -192,14 +177,13 @@ def test_missing_arm_model_is_a_config_error() -> None:
 
 
 def test_arm_with_another_tokenizer_fails_before_generation(
-    tmp_path: Path, tiny_model: LocalModel, smollm2: LocalModel
+    tmp_path: Path, tiny_model: LocalModel, smollm2: LocalModel, save_tiny_llama
 ) -> None:
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2.source)
     tokenizer.add_tokens(["<arm_only_token>"])
-    LlamaForCausalLM(_tiny_config(tokenizer)).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    save_tiny_llama(tmp_path, tokenizer)
     forwards: list[int] = []
     hook = tiny_model.model.register_forward_hook(lambda *args: forwards.append(1))
     try:

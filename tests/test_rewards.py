@@ -35,38 +35,24 @@ def smol_tokenizer():
     return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def _save_tiny_classifier(folder, tokenizer, num_labels: int, id2label: dict[int, str] | None = None) -> str:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        num_labels=num_labels,
-        pad_token_id=tokenizer.pad_token_id,
-        **({"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}),
-    )
-    LlamaForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope="session")
-def tiny_rm_dir(tmp_path_factory, smol_tokenizer) -> str:
+def tiny_rm_dir(tmp_path_factory, smol_tokenizer, save_tiny_llama) -> str:
     """A random 2-layer Llama reward model (one logit) with the SmolLM2 vocabulary."""
-    return _save_tiny_classifier(tmp_path_factory.mktemp("tiny-rm"), smol_tokenizer, num_labels=1)
+    from transformers import LlamaForSequenceClassification
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-rm"), smol_tokenizer,
+                           model_class=LlamaForSequenceClassification, num_labels=1)
 
 
 @pytest.fixture(scope="session")
-def tiny_3label_dir(tmp_path_factory, smol_tokenizer) -> str:
+def tiny_3label_dir(tmp_path_factory, smol_tokenizer, save_tiny_llama) -> str:
     """A random 2-layer Llama classifier with three named labels."""
+    from transformers import LlamaForSequenceClassification
+
     labels = {0: "negative", 1: "neutral", 2: "positive"}
-    return _save_tiny_classifier(tmp_path_factory.mktemp("tiny-3label"), smol_tokenizer, 3, labels)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-3label"), smol_tokenizer,
+                           model_class=LlamaForSequenceClassification, num_labels=3,
+                           id2label=labels, label2id={v: k for k, v in labels.items()})
 
 
 def _ids(tokenizer, text: str) -> list[int]:

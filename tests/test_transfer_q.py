@@ -37,19 +37,9 @@ def twin_dir(tmp_path_factory, tiny_model_dir: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def other_dir(tmp_path_factory, smollm2: LocalModel) -> str:
+def other_dir(tmp_path_factory, smollm2: LocalModel, save_tiny_llama) -> str:
     """A different tiny random model with the same tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(5)
-    tok = smollm2.tokenizer
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    folder = tmp_path_factory.mktemp("tiny-other")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-other"), smollm2.tokenizer, seed=5)
 
 
 def tq(model: LocalModel, baseline: str, **params):
@@ -177,15 +167,12 @@ def test_transfer_q_needs_a_reward(tiny_model_dir: str) -> None:
 
 
 def test_baseline_with_another_tokenizer_is_rejected(tmp_path: Path, tiny_model: LocalModel,
-                                                     smollm2: LocalModel) -> None:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+                                                     smollm2: LocalModel, save_tiny_llama) -> None:
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2.source)
     tokenizer.add_tokens(["<baseline_only>"])
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
-                     ).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    save_tiny_llama(tmp_path, tokenizer, num_hidden_layers=1)
     with pytest.raises(ConfigError) as err:
         tq(tiny_model, str(tmp_path))
     assert err.value.field == "params.baseline" and "different tokenizer" in str(err.value)

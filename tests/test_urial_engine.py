@@ -15,48 +15,35 @@ from shared_core.models import LocalModel
 from shared_core.urial import parse_urial_answer, urial_prompt
 
 
-def _wide_tiny(tmp_path, smollm2: LocalModel) -> LocalModel:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(smollm2.tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, eos_token_id=smollm2.tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    smollm2.tokenizer.save_pretrained(tmp_path)
-    return load_model(str(tmp_path))
-
-
 @pytest.fixture(scope="module")
-def wide_tiny(tmp_path_factory: pytest.TempPathFactory, smollm2: LocalModel) -> LocalModel:
+def wide_tiny(tmp_path_factory: pytest.TempPathFactory, smollm2: LocalModel, save_tiny_llama) -> LocalModel:
     """A tiny random model whose context window holds the URIAL preamble."""
-    return _wide_tiny(tmp_path_factory.mktemp("wide-tiny"), smollm2)
+    return load_model(save_tiny_llama(tmp_path_factory.mktemp("wide-tiny"), smollm2.tokenizer, seed=1,
+                                      max_position_embeddings=4096, pad_token_id=None))
 
 
-def test_cached_preamble_gives_the_same_tokens_as_a_full_prefill(tmp_path, smollm2: LocalModel) -> None:
-    model = _wide_tiny(tmp_path, smollm2)
+def test_cached_preamble_gives_the_same_tokens_as_a_full_prefill(wide_tiny: LocalModel) -> None:
     clear_prefix_cache()
     query = "How do I boil an egg?"
-    first = generate(model, query, urial=True, max_new_tokens=12)
-    second = generate(model, query, urial=True, max_new_tokens=12)
+    first = generate(wide_tiny, query, urial=True, max_new_tokens=12)
+    second = generate(wide_tiny, query, urial=True, max_new_tokens=12)
     assert first.stats.extra["urial_preamble_cached"] is False
     assert second.stats.extra["urial_preamble_cached"] is True
     assert second.stats.extra["prefix_tokens_reused"] == second.stats.extra["urial_preamble_tokens"]
     parts = urial_prompt(query)
-    ids = model.encode(parts.prefix, add_special_tokens=True) + model.encode(parts.suffix)
+    ids = wide_tiny.encode(parts.prefix, add_special_tokens=True) + wide_tiny.encode(parts.suffix)
     assert first.stats.prompt_tokens == len(ids)
     with torch.inference_mode():
-        out = model.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                   max_new_tokens=12, do_sample=False, eos_token_id=None)
+        out = wide_tiny.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                       max_new_tokens=12, do_sample=False, eos_token_id=None)
     expected = out[0, len(ids):].tolist()
     assert first.token_ids == expected[: len(first.token_ids)]
     assert second.token_ids == first.token_ids
 
 
-def test_urial_works_with_other_strategies(tmp_path, smollm2: LocalModel) -> None:
-    model = _wide_tiny(tmp_path, smollm2)
-    a = generate(model, "Name a color.", urial="help", strategy="sample", seed=5, max_new_tokens=8)
-    b = generate(model, "Name a color.", urial="help", strategy="sample", seed=5, max_new_tokens=8)
+def test_urial_works_with_other_strategies(wide_tiny: LocalModel) -> None:
+    a = generate(wide_tiny, "Name a color.", urial="help", strategy="sample", seed=5, max_new_tokens=8)
+    b = generate(wide_tiny, "Name a color.", urial="help", strategy="sample", seed=5, max_new_tokens=8)
     assert a.token_ids == b.token_ids and a.stats.extra["prefix_tokens_reused"] > 0
 
 

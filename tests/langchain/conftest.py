@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from shared_core.models import LocalModel, load_model
 
@@ -14,21 +13,9 @@ def _one_torch_thread(one_torch_thread: None) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_lc_dir(tmp_path_factory: pytest.TempPathFactory, smollm2: LocalModel) -> str:
+def tiny_lc_dir(tmp_path_factory: pytest.TempPathFactory, smollm2: LocalModel, save_tiny_llama) -> str:
     """A 2-layer random Llama with the SmolLM2 tokenizer and a 2048-token window, saved as safetensors."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = smollm2.tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny-lc-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-lc-llama"), smollm2.tokenizer, max_position_embeddings=2048)
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,12 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from langchain_deal import ChatDeAL
 
 
-class TestChatDeALUnit(ChatModelUnitTests):
+class _ChatDeALFeatures:
+    """What both standard suites are told about ChatDeAL."""
+
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatDeAL
-
-    @property
-    def chat_model_params(self) -> dict:
-        return {"model": "smollm2", "temperature": 0}
 
     @property
     def has_tool_choice(self) -> bool:
@@ -34,12 +32,14 @@ class TestChatDeALUnit(ChatModelUnitTests):
         return True
 
 
-@pytest.mark.embedded
-class TestChatDeALIntegration(ChatModelIntegrationTests):
+class TestChatDeALUnit(_ChatDeALFeatures, ChatModelUnitTests):
     @property
-    def chat_model_class(self) -> type[BaseChatModel]:
-        return ChatDeAL
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2", "temperature": 0}
 
+
+@pytest.mark.embedded
+class TestChatDeALIntegration(_ChatDeALFeatures, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict:
         return {"model": "smollm2", "max_tokens": 12, "tool_call_max_tokens": 64}
@@ -49,14 +49,6 @@ class TestChatDeALIntegration(ChatModelIntegrationTests):
         params = super().standard_chat_model_params
         params["max_tokens"] = 12  # the suite's default of 100 tokens would take minutes on CPU
         return params
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
 
     @property
     def returns_usage_metadata(self) -> bool:
