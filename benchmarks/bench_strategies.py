@@ -37,7 +37,7 @@ from commongen_eval import machine, median, set_threads, timed, write_json  # no
 
 from shared_core.decoding import generate  # noqa: E402
 from shared_core.models import LocalModel, load_model  # noqa: E402
-from shared_core.specs import build_reward  # noqa: E402
+from shared_core.policies import build_reward  # noqa: E402
 
 MAX_NEW_TOKENS = 48
 TOP_K = 10

@@ -51,7 +51,7 @@ def main() -> None:
     lm = load_model(args.model)
     rows = []
     for index, prompt in enumerate(data["prompts"][: args.limit]):
-        greedy, greedy_s = timed(lambda: generate(lm, prompt, reward=reward, max_new_tokens=max_new_tokens))
+        greedy, greedy_s = timed(lambda: generate(lm, prompt, strategy="greedy", reward=reward, max_new_tokens=max_new_tokens))
         deal, deal_s = timed(lambda: generate(lm, prompt, strategy="deal", reward=reward,
                                               max_new_tokens=max_new_tokens, **params))
         row = {

@@ -34,7 +34,7 @@ import torch
 
 from shared_core import generate, load_model
 from shared_core.arm_training import encode_pairs, example_path, load_preferences, preference_margins, train_arm
-from shared_core.specs import build_reward
+from shared_core.policies import build_reward
 
 RESULTS = Path(__file__).parent / "results" / "train_arm_eval.json"
 CONCISE = {"type": "length", "max_words": 20}

@@ -7,8 +7,11 @@ here before any model is loaded, with a :class:`~shared_core.errors.ConfigError`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -24,14 +27,11 @@ from langchain_core.messages import (
 )
 from pydantic import BaseModel, Field, model_validator
 
-import shared_core.decoding  # noqa: F401  (registers the built-in strategies)
-import shared_core.tools  # noqa: F401  (registers the "tool_call" strategy)
-from shared_core.decoding.base import get_strategy, validate_params
-from shared_core.decoding.engine import DEFAULT_MAX_NEW_TOKENS
+from shared_core.cancel import CancelToken
 from shared_core.errors import ConfigError
-from shared_core.planning import UNSET, choose_decoding, resolve_policy_name
+from shared_core.decoding import get_strategy
+from shared_core.request import DEFAULT_MAX_NEW_TOKENS, Plan, Request, plan, report
 from shared_core.result import GenerationResult
-from shared_core.rewards.base import Reward
 from shared_core.tools import ToolChoice, normalize_tools, resolve_tool_choice
 
 T = TypeVar("T")
@@ -118,102 +118,57 @@ class CallPlan:
     """Everything one generation needs, resolved from instance settings and per-call overrides."""
 
     model: str
-    strategy: str
-    reward: Any
-    policy: str | None
-    params: dict[str, Any]
+    decided: Plan
     max_new_tokens: int
     stop: list[str] | None
     seed: int | None
     tools: list[dict[str, Any]] = field(default_factory=list)
     choice: ToolChoice = field(default_factory=lambda: ToolChoice("none"))
 
-    @property
-    def reward_label(self) -> Any:
-        """A JSON-friendly description of the reward for metadata."""
-        reward = self.reward
-        if reward is None or isinstance(reward, (str, dict)):
-            return reward
-        spec = getattr(reward, "spec", None)
-        if spec is not None and hasattr(spec, "to_dict"):
-            return spec.to_dict()
-        if hasattr(reward, "to_dict"):
-            return reward.to_dict()
-        return getattr(reward, "name", type(reward).__name__)
-
-
-def _check_reward(reward: Any) -> None:
-    """Validates a reward without building it (no model is loaded)."""
-    from shared_core.specs import BaseSpec, Policy, parse_reward_spec
-
-    if reward is None or isinstance(reward, (Reward, BaseSpec, Policy)):
-        return
-    if isinstance(reward, str):
-        text = reward.strip()
-        if text.startswith(("{", "[")):
-            parse_reward_spec(text)
-        else:
-            from shared_core.policies import resolve_policy
-
-            resolve_policy(text)
-        return
-    if isinstance(reward, Mapping):
-        parse_reward_spec(dict(reward))
-        return
-    if callable(reward):
-        return
-    raise ConfigError(
-        "reward",
-        f"expected a reward spec (dict or JSON), a policy name, a Reward or a function, got {type(reward).__name__}",
-    )
+    def request(self, lm: Any, prompt: Any, *, cancel: CancelToken | None = None, **kwargs: Any) -> Request:
+        """The core :class:`Request` for ``prompt`` on the loaded model ``lm`` (validated again, cheaply)."""
+        return Request.build(lm, prompt, max_new_tokens=self.max_new_tokens, stop=self.stop, seed=self.seed,
+                             decided=self.decided, cancel=cancel, **kwargs)
 
 
 def plan_call(settings: DeALSettings, overrides: Mapping[str, Any], *, stop: list[str] | None) -> CallPlan:
-    """Merges per-call overrides into the instance settings and validates the result.
+    """Merges per-call overrides into the instance settings and validates the result (no model work).
 
     Per-call values replace the instance's; policy, reward, strategy and parameters combine by
-    :mod:`shared_core.planning`'s rules, with a reward alone selecting a guided strategy. Keywords
-    that are not call settings are strategy parameters.
+    :func:`shared_core.request.plan`'s rules (``None`` means "not given"; a reward alone selects the
+    strategy that moves it). Keywords that are not call settings are strategy parameters.
     """
     overrides = {k: v for k, v in overrides.items() if k not in _DROPPED_CALL_KEYS}
     loose = {k: v for k, v in overrides.items() if k not in CALL_KEYS}
-    policy_name = overrides["policy"] if "policy" in overrides else settings.policy
-    policy = resolve_policy_name(policy_name) if policy_name is not None else None
+    call_policy = overrides.get("policy")
     temperature = overrides.get("temperature", settings.temperature)
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                     or temperature < 0):
         raise ConfigError("temperature", f"must be a number >= 0, got {temperature!r}")
-    decoding = choose_decoding(
-        policy=policy, strategy=overrides.get("strategy") or settings.strategy, reward=settings.reward,
-        call_reward=overrides.get("reward", UNSET), policy_from_call="policy" in overrides,
+    decided = plan(
+        policy=call_policy if call_policy is not None else settings.policy,
+        strategy=overrides.get("strategy") or settings.strategy,
+        reward=overrides.get("reward"), instance_reward=settings.reward, policy_from_call=call_policy is not None,
         param_layers=[settings.strategy_params, overrides.get("strategy_params") or {}, loose],
-        steer=True, sample=bool(temperature),
+        sample=bool(temperature),
     )
-    strategy, reward, params = decoding.strategy, decoding.reward, decoding.params
-    _check_reward(reward)
-    strategy_cls = get_strategy(strategy)
-    if temperature is not None and "temperature" in strategy_cls.Params.model_fields:
-        params.setdefault("temperature", float(temperature))
-    validate_params(strategy_cls, params)
-    if strategy_cls.needs_reward and reward is None:
-        raise ConfigError("reward", f"strategy {strategy!r} needs a reward (a spec, a policy name or a function)")
+    if temperature is not None and "temperature" in get_strategy(decided.strategy).Params.model_fields:
+        decided = dataclasses.replace(decided, params={"temperature": float(temperature), **decided.params})
     max_tokens = overrides.get("max_tokens", settings.max_tokens)
     max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_tokens is None else max_tokens
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ConfigError("max_tokens", f"must be a positive integer, got {max_tokens!r}")
     seed = overrides.get("seed", settings.seed)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError("seed", f"must be an integer or None, got {seed!r}")
     stops = stop if stop is not None else settings.stop
     tools = normalize_tools(overrides.get("tools"))
     choice = resolve_tool_choice(overrides.get("tool_choice"), tools)
     model = overrides.get("model") or settings.model
     if not isinstance(model, str) or not model.strip():
         raise ConfigError("model", f"must be a model alias, a path or a hub id, got {model!r}")
-    return CallPlan(
-        model=model, strategy=strategy, reward=reward, policy=policy_name, params=params,
-        max_new_tokens=max_new_tokens, stop=list(stops) if stops else None, seed=seed, tools=tools, choice=choice,
-    )
+    call = CallPlan(model=model, decided=decided, max_new_tokens=max_new_tokens,
+                    stop=list(stops) if stops else None, seed=seed, tools=tools, choice=choice)
+    call.request(None, "check")  # every remaining check (parameters, seed, stop strings), no model work
+    return call
 
 
 # --------------------------------------------------------------------------- results -> metadata
@@ -225,29 +180,9 @@ def usage_metadata(result: GenerationResult) -> dict[str, int]:
     return {"input_tokens": prompt, "output_tokens": new, "total_tokens": prompt + new}
 
 
-def response_metadata(result: GenerationResult, plan: CallPlan, *, model_name: str) -> dict[str, Any]:
-    """What alignment did, in ``response_metadata``: strategy, policy, reward breakdown and stats."""
-    reward = None
-    if result.reward is not None:
-        reward = {"total": result.reward.total, "components": dict(result.reward.components)}
-    stats = result.stats
-    return {
-        "model_name": model_name,
-        "model_provider": PROVIDER,
-        "finish_reason": result.finish_reason,
-        "strategy": result.strategy,
-        "strategy_params": {k: v for k, v in plan.params.items() if k != "functions"},
-        "policy": plan.policy,
-        "reward_spec": plan.reward_label if result.strategy != "tool_call" else None,
-        "reward": reward,
-        "stats": {
-            "prompt_tokens": stats.prompt_tokens,
-            "new_tokens": stats.new_tokens,
-            "seconds": round(stats.seconds, 4),
-            "forward_passes": dict(stats.forward_passes),
-            **({"extra": dict(stats.extra)} if stats.extra else {}),
-        },
-    }
+def response_metadata(result: GenerationResult, request: Request, *, model_name: str) -> dict[str, Any]:
+    """``response_metadata``: LangChain's standard keys plus the core's report (docs/metadata.md)."""
+    return {"model_name": model_name, "model_provider": PROVIDER, **report(result, request)}
 
 
 # --------------------------------------------------------------------------- messages
@@ -310,26 +245,36 @@ def to_chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- async bridge
 
+_STREAMS = itertools.count(1)
 
-async def iterate_in_thread(factory: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Runs a blocking iterator in a worker thread, so the event loop keeps serving other tasks.
 
-    Each ``next()`` runs in the default executor; the iterator is closed (in a thread) if the consumer
-    stops early.
+async def iterate_in_thread(factory: Callable[[], Iterator[T]], cancel: CancelToken | None = None) -> AsyncIterator[T]:
+    """Runs a blocking iterator in its own worker thread, so the event loop keeps serving other tasks.
+
+    Every step (creating the iterator, each ``next()``, the final ``close()``) runs on one dedicated
+    thread, in order, so the iterator is never touched by two threads at once. If the consumer stops
+    early or its task is cancelled, ``cancel`` is set at once (decoding stops before its next forward
+    pass) and the iterator is closed on its thread after the step in flight; the ``CancelledError``
+    propagates unchanged.
     """
     loop = asyncio.get_running_loop()
-    iterator = await loop.run_in_executor(None, factory)
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deal-stream-{next(_STREAMS)}")
+    iterator: Iterator[T] | None = None
     done = object()
     try:
+        iterator = await loop.run_in_executor(worker, factory)
         while True:
-            item = await loop.run_in_executor(None, next, iterator, done)
+            item = await loop.run_in_executor(worker, next, iterator, done)
             if item is done:
                 return
             yield item  # type: ignore[misc]
     finally:
+        if cancel is not None:
+            cancel.cancel()
         close = getattr(iterator, "close", None)
         if close is not None:
-            await loop.run_in_executor(None, close)
+            worker.submit(close)
+        worker.shutdown(wait=False)
 
 
 def dumps_args(arguments: Mapping[str, Any]) -> str:

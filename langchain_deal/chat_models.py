@@ -24,12 +24,14 @@ from langchain_deal._utils import (
     to_chat_dicts,
     usage_metadata,
 )
-from shared_core.decoding.engine import stream as engine_stream
+from shared_core.cancel import CancelToken
+from shared_core.decoding import GenerationStream
+from shared_core.decoding.tool_call import forced_call_params
 from shared_core.errors import ConfigError
 from shared_core.models import load_model
+from shared_core.request import Plan
 from shared_core.tools import (
     ParsedOutput,
-    forced_call_params,
     normalize_tools,
     parse_tool_calls,
     prepare_tool_prompt,
@@ -160,6 +162,7 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None,
         on_token: Callable[[str, ChatGenerationChunk], None] | None,
+        cancel: CancelToken | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         """The one generation path: ``_stream`` yields these chunks, ``_generate`` adds them up."""
@@ -170,16 +173,14 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         tools_on = bool(plan.tools) and plan.choice.mode != "none"
         if plan.choice.forced:
             call_params = forced_call_params(plan.tools, plan.choice,
-                                             temperature=float(plan.params.get("temperature", 0.0)))
+                                             temperature=float(plan.decided.params.get("temperature", 0.0)))
             # a forced call is data, not prose: decoded to fit the schema, without the reward
-            plan = dataclasses.replace(plan, strategy="tool_call", params=call_params, reward=None,
+            forced = Plan(strategy="tool_call", reward=None, params=call_params, policy=plan.decided.policy,
+                          chosen_by="argument")
+            plan = dataclasses.replace(plan, decided=forced, stop=None,
                                        max_new_tokens=max(plan.max_new_tokens, self.tool_call_max_tokens))
-            deltas = engine_stream(lm, prepared.messages, tools=prepared.template_tools, strategy="tool_call",
-                                   max_new_tokens=plan.max_new_tokens, seed=plan.seed, **call_params)
-        else:
-            deltas = engine_stream(lm, prepared.messages, tools=prepared.template_tools, strategy=plan.strategy,
-                                   reward=plan.reward, max_new_tokens=plan.max_new_tokens, stop=plan.stop,
-                                   seed=plan.seed, **plan.params)
+        request = plan.request(lm, prepared.messages, tools=prepared.template_tools, cancel=cancel)
+        deltas = GenerationStream(request)
         text = ""
         shown = ""
         for delta in deltas:
@@ -197,7 +198,7 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         names = [t["function"]["name"] for t in plan.tools]
         parsed = parse_tool_calls(result.text, names) if tools_on else ParsedOutput(result.text, [])
         rest = parsed.text[len(shown):] if parsed.text.startswith(shown) else ""
-        metadata = response_metadata(result, plan, model_name=plan.model)
+        metadata = response_metadata(result, request, model_name=plan.model)
         if parsed.errors:
             metadata["tool_call_errors"] = parsed.errors
         last = AIMessageChunk(
@@ -226,7 +227,7 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         if run_manager is not None:
             def on_token(token: str, chunk: ChatGenerationChunk) -> None:
                 run_manager.on_llm_new_token(token, chunk=chunk)
-        yield from self._chunks(messages, stop, on_token, **kwargs)
+        yield from self._chunks(messages, stop, on_token, None, **kwargs)
 
     def _generate(
         self,
@@ -245,7 +246,8 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         plan_call(self, kwargs, stop=stop)  # bad input fails here, before a thread is used
-        async for chunk in iterate_in_thread(lambda: self._chunks(messages, stop, None, **kwargs)):
+        cancel = CancelToken()
+        async for chunk in iterate_in_thread(lambda: self._chunks(messages, stop, None, cancel, **kwargs), cancel):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk

@@ -16,7 +16,8 @@ from langchain_deal._utils import (
     response_metadata,
     usage_metadata,
 )
-from shared_core.decoding.engine import stream as engine_stream
+from shared_core.cancel import CancelToken
+from shared_core.decoding import GenerationStream
 from shared_core.errors import ConfigError
 from shared_core.models import load_model
 
@@ -56,20 +57,20 @@ class DeALLLM(DeALSettings, BaseLLM):
         return self.ls_params("llm", stop, kwargs)
 
     def _chunks(self, prompt: str, stop: list[str] | None, on_token: Callable[[str, GenerationChunk], None] | None,
-                **kwargs: Any) -> Iterator[GenerationChunk]:
+                cancel: CancelToken | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
         if kwargs.get("tools"):
             raise ConfigError("tools", "DeALLLM completes text; use ChatDeAL.bind_tools for tool calling")
         plan = plan_call(self, kwargs, stop=stop)
         lm = load_model(plan.model, device=self.device)
-        deltas = engine_stream(lm, prompt, strategy=plan.strategy, reward=plan.reward, chat=self.chat,
-                               max_new_tokens=plan.max_new_tokens, stop=plan.stop, seed=plan.seed, **plan.params)
+        request = plan.request(lm, prompt, chat=self.chat, cancel=cancel)
+        deltas = GenerationStream(request)
         for delta in deltas:
             chunk = GenerationChunk(text=delta)
             if on_token is not None:
                 on_token(delta, chunk)
             yield chunk
         result = deltas.result
-        info = response_metadata(result, plan, model_name=plan.model)
+        info = response_metadata(result, request, model_name=plan.model)
         info["usage_metadata"] = usage_metadata(result)
         yield GenerationChunk(text="", generation_info=info)
 
@@ -79,13 +80,14 @@ class DeALLLM(DeALSettings, BaseLLM):
         if run_manager is not None:
             def on_token(token: str, chunk: GenerationChunk) -> None:
                 run_manager.on_llm_new_token(token, chunk=chunk)
-        yield from self._chunks(prompt, stop, on_token, **kwargs)
+        yield from self._chunks(prompt, stop, on_token, None, **kwargs)
 
     async def _astream(self, prompt: str, stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
         plan_call(self, kwargs, stop=stop)
-        async for chunk in iterate_in_thread(lambda: self._chunks(prompt, stop, None, **kwargs)):
+        cancel = CancelToken()
+        async for chunk in iterate_in_thread(lambda: self._chunks(prompt, stop, None, cancel, **kwargs), cancel):
             if run_manager is not None and chunk.text:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk

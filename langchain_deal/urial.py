@@ -8,6 +8,7 @@ reward and ``n > 1`` the wrapper samples ``n`` answers and keeps the one the rew
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
@@ -15,10 +16,14 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.runnables.config import get_executor_for_config
 from pydantic import Field
 
 from langchain_deal._utils import to_chat_dicts
 from shared_core.errors import ConfigError
+from shared_core.policies import build_reward, check_reward
+from shared_core.rewards.runtime import score_texts
 
 
 class URIALChatModel(BaseChatModel):
@@ -67,9 +72,7 @@ class URIALChatModel(BaseChatModel):
         if self.n > 1 and self.reward is None:
             raise ConfigError("n", f"reranking {self.n} samples needs a reward (a spec, a policy name or a function)")
         if self.reward is not None:
-            from langchain_deal._utils import _check_reward
-
-            _check_reward(self.reward)
+            check_reward(self.reward)
 
     @property
     def _llm_type(self) -> str:
@@ -132,9 +135,6 @@ class URIALChatModel(BaseChatModel):
     def _rerank(self, texts: list[str], messages: Sequence[BaseMessage]) -> tuple[list[float] | None, int]:
         if self.reward is None or len(texts) == 1:
             return None, 0
-        from shared_core.rewards.runtime import score_texts
-        from shared_core.specs import build_reward
-
         reward = build_reward(self.reward)
         assert reward is not None
         query = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
@@ -152,19 +152,38 @@ class URIALChatModel(BaseChatModel):
 
     # ------------------------------------------------------------------ generation
 
+    def _samplers(self, kwargs: dict[str, Any]) -> list[Runnable]:
+        """One runnable per sample, each with its own seed when seeds apply.
+
+        Seeds apply when the call passes ``seed`` or the wrapped model has a ``seed`` field (ChatOpenAI,
+        ChatDeAL): sample ``i`` gets ``seed + i`` (base 0 when unset), so n seeded samples differ.
+        """
+        base = kwargs.pop("seed", None)
+        if self.n == 1 and base is None:
+            return [self.llm]
+        if base is None and "seed" not in getattr(type(self.llm), "model_fields", {}):
+            return [self.llm] * self.n
+        if base is None:
+            base = getattr(self.llm, "seed", None) or 0
+        return [self.llm.bind(seed=base + i) for i in range(self.n)]
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         prompt = self._urial_messages(messages)
-        config: dict[str, Any] = {}
-        results = self.llm.batch([prompt] * self.n, config=config, stop=self._stop(stop), **kwargs)
+        samplers = self._samplers(kwargs)
+        stops = self._stop(stop)
+        with get_executor_for_config(None) as executor:  # the samples run side by side, as batch() would
+            results = list(executor.map(lambda r: r.invoke(prompt, stop=stops, **kwargs), samplers))
         return self._result([r for r in results if isinstance(r, AIMessage)], messages)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         prompt = self._urial_messages(messages)
-        config: dict[str, Any] = {}
-        results = await self.llm.abatch([prompt] * self.n, config=config, stop=self._stop(stop), **kwargs)
-        return self._result([r for r in results if isinstance(r, AIMessage)], messages)
+        samplers = self._samplers(kwargs)
+        stops = self._stop(stop)
+        results = await asyncio.gather(*(r.ainvoke(prompt, stop=stops, **kwargs) for r in samplers))
+        # reranking runs a reward (maybe a model): never on the event loop
+        return await asyncio.to_thread(self._result, [r for r in results if isinstance(r, AIMessage)], messages)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:

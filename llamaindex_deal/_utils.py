@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
 
+from shared_core.cancel import CancelToken
 from shared_core.errors import ConfigError
-from shared_core.planning import UNSET, choose_decoding, resolve_policy_name
+from shared_core.models import cached, resolve_model_source
+from shared_core.request import Plan, Request, plan
 from shared_core.result import GenerationResult
-from shared_core.specs import Policy, parse_policy
 
 # LlamaIndex's message roles, mapped to the four the engine and chat templates accept.
 _ROLE_MAP: dict[str, str] = {
@@ -34,52 +36,40 @@ SETTING_KEYS = ("policy", "reward", "strategy", "strategy_params", "max_new_toke
 class DecodeSettings:
     """What one call decodes with, after merging the instance's settings and the call's arguments."""
 
-    strategy: str
-    reward: Any
-    params: dict[str, Any]
-    policy: str | None
+    decided: Plan
     max_new_tokens: int
     stop: list[str] | None
     seed: int | None
     urial: Any = False
 
+    @property
+    def policy(self) -> str | None:
+        return self.decided.policy
 
-def resolve_policy_arg(policy: Any) -> Policy | None:
-    """The :class:`Policy` for a policy name, a Policy, or a policy/reward spec (dict or JSON).
-
-    An unknown name raises the core's ConfigError (it lists the registered policies), under ``policy``.
-    """
-    if policy is None:
-        return None
-    if isinstance(policy, str) and not policy.strip().startswith("{"):
-        return resolve_policy_name(policy)
-    return parse_policy(policy)
+    def request(self, model: Any, prompt: Any, *, cancel: CancelToken | None = None, **kwargs: Any) -> Request:
+        """The core :class:`Request` for ``prompt`` (every check runs here, before model work)."""
+        return Request.build(model, prompt, max_new_tokens=self.max_new_tokens, stop=self.stop, seed=self.seed,
+                             urial=self.urial, decided=self.decided, cancel=cancel, **kwargs)
 
 
 def plan_call(instance: Mapping[str, Any], call: Mapping[str, Any]) -> DecodeSettings:
     """Merges one call's arguments into the instance's settings (both keyed like :data:`SETTING_KEYS`).
 
     A call's values replace the instance's; policy, reward, strategy and parameters combine by
-    :mod:`shared_core.planning`'s rules, with a reward alone selecting a guided strategy. Keys of
-    ``call`` outside :data:`SETTING_KEYS` are strategy parameters. Validation is left to the engine.
+    :func:`shared_core.request.plan`'s rules (``None`` means "not given"; a reward alone selects the
+    strategy that moves it). Keys of ``call`` outside :data:`SETTING_KEYS` are strategy parameters.
     """
-    policy_arg = call["policy"] if call.get("policy") is not None else instance.get("policy")
-    policy = resolve_policy_arg(policy_arg)
-    choice = choose_decoding(
-        policy=policy, strategy=call.get("strategy") or instance.get("strategy"), reward=instance.get("reward"),
-        call_reward=call["reward"] if call.get("reward") is not None else UNSET,
-        policy_from_call=call.get("policy") is not None,
+    call_policy = call.get("policy")
+    decided = plan(
+        policy=call_policy if call_policy is not None else instance.get("policy"),
+        strategy=call.get("strategy") or instance.get("strategy"),
+        reward=call.get("reward"), instance_reward=instance.get("reward"), policy_from_call=call_policy is not None,
         param_layers=[instance.get("strategy_params"), call.get("strategy_params"),
                       {k: v for k, v in call.items() if k not in SETTING_KEYS}],
-        steer=True,
     )
-    strategy, reward, params = choice.strategy, choice.reward, choice.params
-    label = policy_arg if isinstance(policy_arg, str) and policy is not None else None
-    if label is None and isinstance(reward, str) and not reward.strip().startswith("{"):
-        label = reward  # a reward given as a policy name
     common = {key: call[key] if call.get(key) is not None else instance.get(key)
               for key in ("max_new_tokens", "stop", "seed", "urial")}
-    return DecodeSettings(strategy=strategy, reward=reward, params=params, policy=label, **common)
+    return DecodeSettings(decided=decided, **common)
 
 
 # --------------------------------------------------------------------------- model facts
@@ -99,10 +89,6 @@ def model_facts(name_or_path: str) -> ModelFacts:
     LlamaIndex reads ``metadata`` before every call (for its instrumentation payload), so this must
     not load weights: a request with a bad setting still fails with its ConfigError first.
     """
-    from pathlib import Path
-
-    from shared_core.models import cached, resolve_model_source
-
     location = resolve_model_source(name_or_path)
 
     def read() -> ModelFacts:
@@ -125,7 +111,7 @@ def model_facts(name_or_path: str) -> ModelFacts:
             window = window or int(getattr(tokenizer, "model_max_length", 2048))
         return ModelFacts(context_window=window, has_chat_template=chat)
 
-    return cached(("llamaindex_deal.model_facts", location), read)
+    return cached(("llamaindex_deal.model_facts", location), read, model=False)
 
 
 # --------------------------------------------------------------------------- messages
@@ -180,24 +166,6 @@ def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- reports
-
-
-def report(result: GenerationResult, settings: DecodeSettings) -> dict[str, Any]:
-    """The JSON-ready summary of what alignment did, for ``additional_kwargs`` and query metadata."""
-    reward = result.reward
-    return {
-        "model": result.model,
-        "policy": settings.policy,
-        "strategy": result.strategy,
-        "reward": None if reward is None else {"total": reward.total, "components": dict(reward.components)},
-        "finish_reason": result.finish_reason,
-        "stats": {
-            "new_tokens": result.stats.new_tokens,
-            "prompt_tokens": result.stats.prompt_tokens,
-            "seconds": result.stats.seconds,
-            "forward_passes": dict(result.stats.forward_passes),
-        },
-    }
 
 
 def raw_payload(result: GenerationResult, settings: DecodeSettings) -> dict[str, Any]:

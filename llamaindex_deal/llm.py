@@ -10,7 +10,9 @@ so the policy of an engine or an agent lives on the instance; direct calls may o
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,13 +35,15 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from shared_core.decoding.engine import DEFAULT_MAX_NEW_TOKENS, generate, stream, validate_request
+from shared_core.cancel import CancelToken
+from shared_core.decoding import GenerationStream, run
+from shared_core.decoding.tool_call import forced_call_params
 from shared_core.errors import ConfigError
 from shared_core.models import DEFAULT_MODEL, LocalModel, load_model
+from shared_core.request import DEFAULT_MAX_NEW_TOKENS, Plan, Request, report
 from shared_core.result import GenerationResult
 from shared_core.tools import (
     ToolChoice,
-    forced_call_params,
     normalize_tools,
     parse_tool_calls,
     prepare_tool_prompt,
@@ -53,7 +57,6 @@ from llamaindex_deal._utils import (
     model_facts,
     plan_call,
     raw_payload,
-    report,
     to_engine_messages,
 )
 
@@ -119,10 +122,7 @@ class DeAL(FunctionCallingLLM, CustomLLM):
 
     def _check(self) -> None:
         """Checks everything a user can get wrong in the instance's settings, before any model work."""
-        settings = self._settings({})
-        validate_request("check", strategy=settings.strategy, reward=settings.reward,
-                         max_new_tokens=settings.max_new_tokens, stop=settings.stop, seed=settings.seed,
-                         params=settings.params, urial=settings.urial)
+        self._settings({}).request(None, "check")
         if self.context_window is not None and (isinstance(self.context_window, bool) or self.context_window <= 0):
             raise ConfigError("context_window", f"must be a positive integer, got {self.context_window!r}")
 
@@ -149,6 +149,14 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                     "stop": self.stop, "seed": self.seed, "urial": self.urial}
         return plan_call(instance, kwargs)
 
+    def _check_call(self, kwargs: dict[str, Any]) -> None:
+        """Runs a call's checks (settings, tool arguments) without model work."""
+        kwargs = dict(kwargs)
+        tooling = _pop_tooling(kwargs)
+        self._settings(kwargs).request(None, "check")
+        if tooling.tools is not None or tooling.tool_choice is not None:
+            resolve_tool_choice(tooling.tool_choice, normalize_tools(tooling.tools))
+
     def _lm(self) -> LocalModel:
         return load_model(self.model, device=self.device, dtype=self.dtype)
 
@@ -166,12 +174,6 @@ class DeAL(FunctionCallingLLM, CustomLLM):
 
     # ------------------------------------------------------------------ decoding
 
-    def _engine_args(self, kwargs: dict[str, Any]) -> tuple[DecodeSettings, dict[str, Any]]:
-        settings = self._settings(kwargs)
-        args = dict(strategy=settings.strategy, reward=settings.reward, max_new_tokens=settings.max_new_tokens,
-                    stop=settings.stop, seed=settings.seed, urial=settings.urial, **settings.params)
-        return settings, args
-
     def _completion_prompt(self, prompt: str, formatted: bool) -> tuple[Any, bool | None]:
         """A ``formatted`` prompt is sent as raw text; otherwise as a user message (chat template)."""
         if not isinstance(prompt, str):
@@ -184,25 +186,28 @@ class DeAL(FunctionCallingLLM, CustomLLM):
 
     def _complete_now(self, prompt: str, formatted: bool, kwargs: dict[str, Any],
                       collectors: tuple[_tracking.Collector, ...]) -> CompletionResponse:
-        settings, args = self._engine_args(dict(kwargs))
+        settings = self._settings(dict(kwargs))
         engine_prompt, chat = self._completion_prompt(prompt, formatted)
-        result = generate(self._model_arg(), engine_prompt, chat=chat, **args)
+        request = settings.request(self._model_arg(), engine_prompt, chat=chat)
+        result = run(request)
         assert isinstance(result, GenerationResult)
-        return self._completion_response(result, settings, collectors)
+        return self._completion_response(result, request, settings, collectors)
 
-    def _completion_response(self, result: GenerationResult, settings: DecodeSettings,
+    def _completion_response(self, result: GenerationResult, request: Request, settings: DecodeSettings,
                              collectors: tuple[_tracking.Collector, ...], *, delta: str | None = None,
                              text: str | None = None) -> CompletionResponse:
-        summary = report(result, settings)
+        summary = report(result, request)
         _tracking.record(collectors, summary)
         return CompletionResponse(text=result.text if text is None else text, delta=delta,
                                   raw=raw_payload(result, settings), additional_kwargs=summary)
 
     def _stream_complete_now(self, prompt: str, formatted: bool, kwargs: dict[str, Any],
-                             collectors: tuple[_tracking.Collector, ...]) -> CompletionResponseGen:
-        settings, args = self._engine_args(dict(kwargs))  # validates now, before any model work
+                             collectors: tuple[_tracking.Collector, ...],
+                             cancel: CancelToken | None = None) -> CompletionResponseGen:
+        settings = self._settings(dict(kwargs))  # validates now, before any model work
         engine_prompt, chat = self._completion_prompt(prompt, formatted)
-        deltas = stream(self._model_arg(), engine_prompt, chat=chat, **args)
+        request = settings.request(self._model_arg(), engine_prompt, chat=chat, cancel=cancel)
+        deltas = GenerationStream(request)
 
         def gen() -> CompletionResponseGen:
             text = ""
@@ -211,7 +216,8 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                 if not last:
                     yield CompletionResponse(text=text, delta=delta)
                 else:
-                    yield self._completion_response(deltas.result, settings, collectors, delta=delta, text=text)
+                    yield self._completion_response(deltas.result, request, settings, collectors, delta=delta,
+                                                    text=text)
 
         return gen()
 
@@ -245,8 +251,10 @@ class DeAL(FunctionCallingLLM, CustomLLM):
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
         """:meth:`stream_complete` with each step (checks and model loading too) in a worker thread."""
+        self._check_call(kwargs)  # bad input fails here, not when the stream is first read
         collectors = _tracking.open_collectors()
-        return _to_async(await asyncio.to_thread(self._stream_complete_now, prompt, formatted, kwargs, collectors))
+        cancel = CancelToken()
+        return _to_async(lambda: self._stream_complete_now(prompt, formatted, kwargs, collectors, cancel), cancel)
 
     # ------------------------------------------------------------------ chat API
 
@@ -254,18 +262,19 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                   collectors: tuple[_tracking.Collector, ...]) -> ChatResponse:
         kwargs = dict(kwargs)
         tooling = _pop_tooling(kwargs)
-        settings, args = self._engine_args(kwargs)
+        settings = self._settings(kwargs)
         engine_messages = to_engine_messages(messages)
         if tooling.tools or _has_tool_history(engine_messages):
-            return self._chat_with_tools_now(engine_messages, tooling, settings, args, collectors)
-        result = generate(self._model_arg(), engine_messages, **args)
+            return self._chat_with_tools_now(engine_messages, tooling, settings, collectors)
+        request = settings.request(self._model_arg(), engine_messages)
+        result = run(request)
         assert isinstance(result, GenerationResult)
-        return self._chat_response(result, settings, collectors, text=result.text)
+        return self._chat_response(result, request, settings, collectors, text=result.text)
 
-    def _chat_response(self, result: GenerationResult, settings: DecodeSettings,
+    def _chat_response(self, result: GenerationResult, request: Request, settings: DecodeSettings,
                        collectors: tuple[_tracking.Collector, ...], *, text: str,
                        tool_calls: Sequence[ToolCallBlock] = (), delta: str | None = None) -> ChatResponse:
-        summary = report(result, settings)
+        summary = report(result, request)
         _tracking.record(collectors, summary)
         blocks: list[Any] = [TextBlock(text=text)] if text or not tool_calls else []
         blocks.extend(tool_calls)
@@ -274,14 +283,16 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                             additional_kwargs=summary)
 
     def _stream_chat_now(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any],
-                         collectors: tuple[_tracking.Collector, ...]) -> ChatResponseGen:
+                         collectors: tuple[_tracking.Collector, ...],
+                         cancel: CancelToken | None = None) -> ChatResponseGen:
         kwargs = dict(kwargs)
         tooling = _pop_tooling(kwargs)
-        settings, args = self._engine_args(kwargs)
+        settings = self._settings(kwargs)
         engine_messages = to_engine_messages(messages)
         if tooling.tools or _has_tool_history(engine_messages):
-            return self._stream_chat_with_tools_now(engine_messages, tooling, settings, args, collectors)
-        deltas = stream(self._model_arg(), engine_messages, **args)
+            return self._stream_chat_with_tools_now(engine_messages, tooling, settings, collectors, cancel)
+        request = settings.request(self._model_arg(), engine_messages, cancel=cancel)
+        deltas = GenerationStream(request)
 
         def gen() -> ChatResponseGen:
             text = ""
@@ -290,7 +301,7 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                 if not last:
                     yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
                 else:
-                    yield self._chat_response(deltas.result, settings, collectors, text=text, delta=delta)
+                    yield self._chat_response(deltas.result, request, settings, collectors, text=text, delta=delta)
 
         return gen()
 
@@ -312,23 +323,24 @@ class DeAL(FunctionCallingLLM, CustomLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """:meth:`stream_chat` with each step (checks, model loading, tool rendering too) in a worker thread."""
+        self._check_call(kwargs)  # bad input fails here, not when the stream is first read
         collectors = _tracking.open_collectors()
-        return _to_async(await asyncio.to_thread(self._stream_chat_now, messages, kwargs, collectors))
+        cancel = CancelToken()
+        return _to_async(lambda: self._stream_chat_now(messages, kwargs, collectors, cancel), cancel)
 
     # ------------------------------------------------------------------ function calling
 
     def _tool_request(self, engine_messages: list[dict[str, Any]], tooling: _Tooling, settings: DecodeSettings,
-                      args: dict[str, Any]) -> tuple[LocalModel, list[dict[str, Any]], dict[str, Any], ToolChoice]:
+                      cancel: CancelToken | None = None) -> tuple[Request, ToolChoice]:
         """Checks the tools and the request, then renders tools and tool history for the chat template.
 
         Templates without tool support get the fallback format of :mod:`shared_core.tools` (earlier
         calls as ``<tool_call>`` text, results as ``<tool_response>`` turns), also when this call
         passes no tools but the history holds calls and results.
 
-        Returns the model, the messages to decode, the engine arguments and the resolved choice. A
-        forced call (``tool_required`` or ``tool_choice`` naming a tool) decodes with the
-        ``"tool_call"`` strategy, which writes valid JSON for the tool's schema; a reward judges answers,
-        not call syntax, so it is not applied to forced calls.
+        Returns the request and the resolved choice. A forced call (``tool_required`` or ``tool_choice``
+        naming a tool) decodes with the ``"tool_call"`` strategy, which writes valid JSON for the tool's
+        schema; a reward judges answers, not call syntax, so it is not applied to forced calls.
         """
         if settings.urial:
             raise ConfigError("urial", "URIAL prompts cannot carry tools or tool results; use urial=False here")
@@ -337,32 +349,32 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         if tooling.tool_required and choice.mode == "auto":
             choice = ToolChoice("required", choice.names)
         if choice.forced:
-            args = dict(strategy="tool_call", reward=None, max_new_tokens=settings.max_new_tokens,
-                        seed=settings.seed, **forced_call_params(tools, choice))
-        validate_request("check", params={k: v for k, v in args.items() if k not in _ENGINE_KEYS},
-                         **{k: v for k, v in args.items() if k in _ENGINE_KEYS})
+            forced = Plan(strategy="tool_call", reward=None, params=forced_call_params(tools, choice),
+                          policy=settings.policy, chosen_by="argument")
+            settings = DecodeSettings(decided=forced, max_new_tokens=settings.max_new_tokens, stop=None,
+                                      seed=settings.seed)
+        settings.request(None, "check")
         lm = self._lm()
         prepared = prepare_tool_prompt(engine_messages, tools, tokenizer=lm.tokenizer, tool_choice=choice)
-        return lm, prepared.messages, {**args, "tools": prepared.template_tools}, choice
+        return settings.request(lm, prepared.messages, tools=prepared.template_tools, cancel=cancel), choice
 
     def _chat_with_tools_now(self, engine_messages: list[dict[str, Any]], tooling: _Tooling,
-                             settings: DecodeSettings, args: dict[str, Any],
-                             collectors: tuple[_tracking.Collector, ...]) -> ChatResponse:
-        lm, messages, args, choice = self._tool_request(engine_messages, tooling, settings, args)
-        result = generate(lm, messages, **args)
+                             settings: DecodeSettings, collectors: tuple[_tracking.Collector, ...]) -> ChatResponse:
+        request, choice = self._tool_request(engine_messages, tooling, settings)
+        result = run(request)
         assert isinstance(result, GenerationResult)
         text, calls = _split_calls(result.text, choice)
-        return self._chat_response(result, settings, collectors, text=text, tool_calls=calls)
+        return self._chat_response(result, request, settings, collectors, text=text, tool_calls=calls)
 
     def _stream_chat_with_tools_now(self, engine_messages: list[dict[str, Any]], tooling: _Tooling,
-                                    settings: DecodeSettings, args: dict[str, Any],
-                                    collectors: tuple[_tracking.Collector, ...]) -> ChatResponseGen:
+                                    settings: DecodeSettings, collectors: tuple[_tracking.Collector, ...],
+                                    cancel: CancelToken | None = None) -> ChatResponseGen:
         """Streams plain text as it comes, holding back anything that may start a tool call.
 
         The last chunk carries the parsed tool calls and the report; a forced call streams no text.
         """
-        lm, messages, args, choice = self._tool_request(engine_messages, tooling, settings, args)
-        deltas = stream(lm, messages, **args)
+        request, choice = self._tool_request(engine_messages, tooling, settings, cancel)
+        deltas = GenerationStream(request)
 
         def gen() -> ChatResponseGen:
             raw = ""
@@ -375,7 +387,8 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                     yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=shown), delta=new)
             text, calls = _split_calls(raw, choice)
             last = text[len(shown):] if text.startswith(shown) else ""
-            yield self._chat_response(deltas.result, settings, collectors, text=text, tool_calls=calls, delta=last)
+            yield self._chat_response(deltas.result, request, settings, collectors, text=text, tool_calls=calls,
+                                      delta=last)
 
         return gen()
 
@@ -428,10 +441,6 @@ class DeAL(FunctionCallingLLM, CustomLLM):
 
 # ---------------------------------------------------------------------- helpers
 
-# The engine's own keyword arguments (the rest of a request's arguments are strategy parameters).
-_ENGINE_KEYS = ("strategy", "reward", "max_new_tokens", "stop", "seed", "urial")
-
-
 def _has_tool_history(messages: Sequence[dict[str, Any]]) -> bool:
     return any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
 
@@ -474,18 +483,30 @@ def _with_last(items: Iterator[str]) -> Iterator[tuple[str, bool]]:
     yield ("" if previous is _END else previous), True
 
 
-async def _to_async(gen: Iterator[T]) -> AsyncIterator[T]:
-    """Drives a blocking generator from a worker thread, one item at a time."""
+_STREAMS = itertools.count(1)
+
+
+async def _to_async(factory: Callable[[], Iterator[T]], cancel: CancelToken) -> AsyncIterator[T]:
+    """Drives a blocking generator on one dedicated worker thread, one item at a time.
+
+    Creating the generator (checks, model loading, tool rendering) runs there too. If the consumer
+    stops early or its task is cancelled, ``cancel`` stops decoding before its next forward pass and
+    the generator is closed on its own thread after the step in flight, so the model is free for the
+    next call.
+    """
+    loop = asyncio.get_running_loop()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deal-llamaindex-{next(_STREAMS)}")
+    gen: Iterator[T] | None = None
     try:
+        gen = await loop.run_in_executor(worker, factory)
         while True:
-            item = await asyncio.to_thread(next, gen, _END)
+            item = await loop.run_in_executor(worker, next, gen, _END)
             if item is _END:
                 return
             yield item  # type: ignore[misc]
     finally:
+        cancel.cancel()
         close: Callable[[], None] | None = getattr(gen, "close", None)
         if close is not None:
-            try:
-                close()
-            except ValueError:  # still running in its thread after a cancellation; it ends on its own
-                pass
+            worker.submit(close)
+        worker.shutdown(wait=False)

@@ -62,10 +62,10 @@ def _quiet_transformers() -> None:
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt (sent as a user message to chat models).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Embedded alias, model folder, .gguf file or hub id.")] = "smollm2",
-    strategy: Annotated[Optional[str], typer.Option("--strategy", "-s", help="A registered strategy (see `deal strategies`); greedy by default.")] = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", "-s", help="A registered strategy (see `deal strategies`); default: the policy's, else the one that moves the reward, else greedy.")] = None,
     reward: Annotated[Optional[str], typer.Option("--reward", "-r", help="Reward spec as JSON, or a policy name.")] = None,
     policy: Annotated[Optional[str], typer.Option("--policy", help="A named policy (reward + strategy + parameters).")] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Strategy parameter KEY=VALUE (repeatable).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Strategy parameter KEY=VALUE, or repetition_penalty=X (repeatable).")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.")] = 256,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling.")] = None,
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")] = None,
@@ -76,38 +76,37 @@ def generate(
     """Generate a continuation, optionally steered by a reward."""
     from shared_core import decoding
     from shared_core.models import load_model
+    from shared_core.request import Request, report
 
     try:
         params = dict(parse_param(p) for p in (param or []))
         reward_value = parse_reward_option(reward)
-        extra: dict[str, Any] = {"urial": True} if urial else {}
         _quiet_transformers()
-        # validate everything (strategy, params, reward, prompt) before loading weights
-        decoding.engine.validate_request(
-            prompt, strategy=strategy, reward=reward_value, policy=policy, max_new_tokens=max_new_tokens,
-            stop=stop, seed=seed, params=params, urial=urial,
-        )
-        lm = load_model(model, device=device)
-        kwargs: dict[str, Any] = dict(strategy=strategy, reward=reward_value, policy=policy, max_new_tokens=max_new_tokens,
-                                      stop=stop, seed=seed, **extra, **params)
+        # plan and validate everything (strategy, params, reward, prompt) once, before loading weights
+        request = Request.build(model, prompt, strategy=strategy, reward=reward_value, policy=policy,
+                                max_new_tokens=max_new_tokens, stop=stop, seed=seed, urial=urial, **params)
+        request.model = load_model(model, device=device)
         if as_json:
-            result = decoding.generate(lm, prompt, **kwargs)
+            result = decoding.run(request)
             assert not isinstance(result, list)
+            summary = report(result, request)
             payload = {
                 "text": result.text,
                 "strategy": result.strategy,
                 "model": model,
+                "policy": summary["policy"],
+                "chosen_by": summary["chosen_by"],
                 "finish_reason": result.finish_reason,
                 "new_tokens": result.stats.new_tokens,
                 "prompt_tokens": result.stats.prompt_tokens,
                 "seconds": round(result.stats.seconds, 4),
                 "forward_passes": result.stats.forward_passes,
-                "reward": None if result.reward is None else {
-                    "total": result.reward.total, "components": result.reward.components},
+                "reward": summary["reward"],
+                "reward_error": result.reward_error,
             }
             typer.echo(json.dumps(payload, ensure_ascii=False))
             return
-        text_stream = decoding.stream(lm, prompt, **kwargs)
+        text_stream = decoding.stream(request)
         for delta in text_stream:
             sys.stdout.write(delta)
             sys.stdout.flush()
@@ -151,6 +150,7 @@ def strategies() -> None:
         cls = get_strategy(name)
         fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.Params.model_fields.items())
         typer.echo(f"{name}: {cls.description}" + (f"  [{fields}]" if fields else ""))
+    typer.echo("every strategy: repetition_penalty (default 1, or 1.2 with --urial), penalize_layout=False")
 
 
 @app.command("train-arm")

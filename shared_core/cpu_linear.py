@@ -12,6 +12,12 @@ from __future__ import annotations
 
 import torch
 
+__all__ = [
+    "SMALL_BATCH_ROWS",
+    "SmallBatchLinear",
+    "use_small_batch_linear",
+]
+
 #: Row counts (tokens across the batch) that take the transposed product.
 SMALL_BATCH_ROWS = range(2, 33)
 

@@ -102,7 +102,7 @@ def run_scenarios(
     for scenario in scenarios:
         if on_step:
             on_step(f"greedy · {scenario.label}")
-        plain = generate(lm, scenario.prompt, reward=scenario.reward, max_new_tokens=max_new_tokens)
+        plain = generate(lm, scenario.prompt, strategy="greedy", reward=scenario.reward, max_new_tokens=max_new_tokens)
         if on_step:
             on_step(f"{scenario.strategy} · {scenario.label}")
         aligned = generate(lm, scenario.prompt, strategy=scenario.strategy, reward=scenario.reward,

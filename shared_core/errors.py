@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "ConfigError",
+    "DealError",
+    "ModelLoadError",
+    "RewardError",
+]
+
 
 class DealError(Exception):
     """Base class for every error deal raises on purpose."""

@@ -18,6 +18,8 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,6 +30,26 @@ import torch
 
 from shared_core.cpu_linear import use_small_batch_linear
 from shared_core.errors import ConfigError, ModelLoadError
+
+__all__ = [
+    "DEFAULT_MAX_MODELS",
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "LocalModel",
+    "ModelSource",
+    "cache_dir",
+    "cached",
+    "cached_models",
+    "clear_cache",
+    "load_model",
+    "locate_model",
+    "max_models",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_model_source",
+    "validate_messages",
+]
 
 T = TypeVar("T")
 
@@ -92,27 +114,70 @@ def cache_dir() -> Path:
 
 # --------------------------------------------------------------------------- process-wide cache
 
-_CACHE: dict[Any, Any] = {}
+#: Default number of loaded models (weights) kept per process; ``$DEAL_MAX_MODELS`` overrides it.
+DEFAULT_MAX_MODELS = 6
+
+
+def max_models() -> int:
+    """How many loaded models the process-wide cache keeps: ``$DEAL_MAX_MODELS`` (>= 1) or 6.
+
+    A model can be chosen per call (an adapter's ``model=`` override, a server request), so the cache
+    is bounded: past the limit the least recently used model is dropped (its memory is freed once no
+    running call holds it).
+    """
+    raw = os.environ.get("DEAL_MAX_MODELS")
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_MODELS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError("DEAL_MAX_MODELS", f"must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError("DEAL_MAX_MODELS", f"must be a positive integer, got {raw!r}")
+    return value
+
+
+_CACHE: OrderedDict[Any, tuple[Any, bool]] = OrderedDict()  # key -> (value, counts toward the model limit)
 _CACHE_LOCKS: dict[Any, threading.Lock] = {}
 _CACHE_GUARD = threading.Lock()
 
 
-def cached(key: Any, factory: Callable[[], T]) -> T:
+def cached(key: Any, factory: Callable[[], T], *, model: bool = True) -> T:
     """Returns the process-wide object for ``key``, building it once with ``factory``.
 
     Thread-safe: concurrent callers with the same key wait for one build instead of loading twice.
+    Entries with ``model=True`` (loaded weights) are bounded by :func:`max_models`, least recently
+    used first out; small derived values (``model=False``: resolved paths, fitted probes) are kept.
     """
     with _CACHE_GUARD:
         if key in _CACHE:
-            return _CACHE[key]
+            _CACHE.move_to_end(key)
+            return _CACHE[key][0]
         lock = _CACHE_LOCKS.setdefault(key, threading.Lock())
     with lock:
-        if key in _CACHE:
-            return _CACHE[key]
+        with _CACHE_GUARD:
+            if key in _CACHE:
+                _CACHE.move_to_end(key)
+                return _CACHE[key][0]
         value = factory()
         with _CACHE_GUARD:
-            _CACHE[key] = value
+            _CACHE[key] = (value, model)
+            _evict(max_models())
         return value
+
+
+def _evict(limit: int) -> None:
+    """Drops the least recently used model entries beyond ``limit`` (call with ``_CACHE_GUARD`` held)."""
+    models = [key for key, (_, is_model) in _CACHE.items() if is_model]
+    for key in models[: max(len(models) - limit, 0)]:
+        del _CACHE[key]
+        _CACHE_LOCKS.pop(key, None)
+
+
+def cached_models() -> list[Any]:
+    """The keys of the loaded models the cache holds, least recently used first."""
+    with _CACHE_GUARD:
+        return [key for key, (_, is_model) in _CACHE.items() if is_model]
 
 
 def clear_cache() -> None:
@@ -169,20 +234,33 @@ def locate_model(name_or_path: str) -> ModelSource:
     )
 
 
+HUB_PROBE_TTL = 300.0  # seconds a hub reachability answer is reused
+_HUB_PROBE: dict[str, tuple[float, bool]] = {}
+_HUB_PROBE_LOCK = threading.Lock()
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers; probed once per :data:`HUB_PROBE_TTL` seconds (a probe can take ``timeout``)."""
     if os.environ.get("HF_HUB_OFFLINE") in {"1", "true", "TRUE", "yes"}:
         return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    with _HUB_PROBE_LOCK:  # one probe at a time; the others wait and reuse its answer
+        seen = _HUB_PROBE.get(HUB_HOST)
+        if seen is not None and time.monotonic() - seen[0] < HUB_PROBE_TTL:
+            return seen[1]
+        try:
+            with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+                reachable = True
+        except OSError:
+            reachable = False
+        _HUB_PROBE[HUB_HOST] = (time.monotonic(), reachable)
+        return reachable
 
 
-def _hub_offline_error(hub_id: str) -> ModelLoadError:
+def _hub_offline_error(hub_id: str, revision: str | None = None) -> ModelLoadError:
+    at = "" if revision is None else f" at revision {revision!r}"
     return ModelLoadError(
         f"model: {hub_id!r} is a hub id but the model hub ({HUB_HOST}) cannot be reached from this "
-        "machine and the model is not in the local hub cache. Download it where the hub is reachable "
+        f"machine and the model{at} is not in the local hub cache. Download it where the hub is reachable "
         "and pass its folder, or use an embedded alias: " + ", ".join(sorted(EMBEDDED_MODELS))
     )
 
@@ -217,34 +295,36 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def resolve_model_source(name_or_path: str) -> str:
+def resolve_model_source(name_or_path: str, revision: str | None = None) -> str:
     """A location ``from_pretrained`` can read for ``name_or_path``: a local folder or a hub id.
 
     GGUF files and embedded aliases are converted to a safetensors folder in the cache on first use.
-    Other model kinds (sequence classifiers, ARMs) use this to accept the same names as the policy model.
+    A hub id with the hub out of reach resolves to its snapshot in the local hub cache, at ``revision``
+    when one is given. Other model kinds (sequence classifiers, ARMs) use this to accept the same names
+    as the policy model.
     """
     if isinstance(name_or_path, str) and name_or_path.strip() in EMBEDDED_MODELS:
         # an alias's package files do not change within a process: resolve (and verify) them once
         alias = name_or_path.strip()
-        return cached(("alias-source", alias, str(cache_dir())), lambda: _resolve_source(alias))
-    return _resolve_source(name_or_path)
+        return cached(("alias-source", alias, str(cache_dir())), lambda: _resolve_source(alias, None), model=False)
+    return _resolve_source(name_or_path, revision)
 
 
-def _resolve_source(name_or_path: str) -> str:
+def _resolve_source(name_or_path: str, revision: str | None) -> str:
     source = locate_model(name_or_path)
     if source.kind == "gguf":
         gguf = Path(source.location)
         folder = _gguf_cache_folder(gguf)
         if not (folder / "config.json").exists():
-            cached(("convert", str(folder)), lambda: _convert_gguf(gguf, folder))
+            cached(("convert", str(folder)), lambda: _convert_gguf(gguf, folder), model=False)
         return str(folder)
     if source.kind == "hub" and not _hub_reachable():
         try:  # a model already in the local hub cache still loads offline
             from huggingface_hub import snapshot_download
 
-            return snapshot_download(source.location, local_files_only=True)
+            return snapshot_download(source.location, revision=revision, local_files_only=True)
         except Exception as exc:
-            raise _hub_offline_error(source.location) from exc
+            raise _hub_offline_error(source.location, revision) from exc
     return source.location
 
 
@@ -321,7 +401,6 @@ class LocalModel:
     device: torch.device
     dtype: torch.dtype
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def has_chat_template(self) -> bool:
@@ -466,7 +545,10 @@ def load_model(
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    location = resolve_model_source(name_or_path)
-    key = ("causal_lm", location, str(torch_device), str(torch_dtype), trust_remote_code, revision)
+    location = resolve_model_source(name_or_path, revision)
+    # A local folder (a resolved snapshot included) is read as it is: the revision only picks hub files.
+    hub_revision = revision if not Path(location).is_dir() else None
+    key = ("causal_lm", location, str(torch_device), str(torch_dtype), bool(trust_remote_code), revision,
+           bool(use_safetensors))
     return cached(key, lambda: _load(name_or_path, location, torch_device, torch_dtype,
-                                     trust_remote_code, revision, use_safetensors))
+                                     trust_remote_code, hub_revision, use_safetensors))

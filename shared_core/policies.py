@@ -1,6 +1,6 @@
 """Named policies: register a reward (and optionally a strategy) once, use it anywhere by name.
 
-A policy name works wherever a reward is accepted: ``build_reward("safe")``, ``deal generate
+A policy name works wherever a reward is accepted (:func:`build_reward` resolves names here): ``build_reward("safe")``, ``deal generate
 --reward safe``, ``ChatDeAL(policy="safe")``. The registry is process-wide and thread-safe.
 
 Built-in policies:
@@ -25,7 +25,9 @@ import threading
 from typing import Any
 
 from shared_core.errors import ConfigError
-from shared_core.specs import Policy, parse_policy
+from shared_core.rewards.base import Reward, RewardSpecBase
+from shared_core.rewards.callable import CallableReward
+from shared_core.specs import Policy, parse_policy, parse_reward_spec
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
 _POLICIES: dict[str, Policy] = {}
@@ -95,6 +97,60 @@ def resolve_policy(name: str) -> Policy:
 get_policy = resolve_policy
 
 
+def build_reward(obj: Any) -> Reward | None:
+    """A :class:`Reward` from whatever a user passed as ``reward``.
+
+    Accepts ``None`` (no reward: returns ``None``), a :class:`Reward` (returned as is), a spec, a
+    :class:`Policy` (its reward), a dict or JSON string spec, a registered policy name ("safe"), or a
+    Python function ``texts -> scores`` (wrapped in :class:`CallableReward`). Model paths are checked
+    here; no model is loaded until the reward first scores.
+
+    Raises:
+        ConfigError: for anything invalid, before any model work.
+    """
+    if obj is None or isinstance(obj, Reward):
+        return obj
+    if isinstance(obj, RewardSpecBase):
+        return obj.build()
+    if isinstance(obj, Policy):
+        return None if obj.reward is None else obj.reward.build()
+    if isinstance(obj, str):
+        text = obj.strip()
+        if not text.startswith(("{", "[")):
+            return build_reward(resolve_policy(text))
+        return parse_reward_spec(text).build()
+    if isinstance(obj, dict):
+        return parse_reward_spec(obj).build()
+    if callable(obj):
+        return CallableReward(obj)
+    raise ConfigError(
+        "reward",
+        f"expected a reward spec (dict or JSON), a policy name, a Reward or a function, got {type(obj).__name__}",
+    )
+
+
+def check_reward(obj: Any) -> None:
+    """Validates a reward argument like :func:`build_reward` does, without building it (no path checks)."""
+    if obj is None or isinstance(obj, (Reward, RewardSpecBase, Policy)):
+        return
+    if isinstance(obj, str):
+        text = obj.strip()
+        if text.startswith(("{", "[")):
+            parse_reward_spec(text)
+        else:
+            resolve_policy(text)
+        return
+    if isinstance(obj, dict):
+        parse_reward_spec(obj)
+        return
+    if callable(obj):
+        return
+    raise ConfigError(
+        "reward",
+        f"expected a reward spec (dict or JSON), a policy name, a Reward or a function, got {type(obj).__name__}",
+    )
+
+
 def _register_builtins() -> None:
     register_policy("safe", Policy(reward={"type": "safety"}, description="The embedded safety reward."))
     register_policy(
@@ -117,4 +173,12 @@ def _register_builtins() -> None:
 
 _register_builtins()
 
-__all__ = ["get_policy", "list_policies", "register_policy", "resolve_policy", "unregister_policy"]
+__all__ = [
+    "build_reward",
+    "check_reward",
+    "get_policy",
+    "list_policies",
+    "register_policy",
+    "resolve_policy",
+    "unregister_policy",
+]

@@ -39,7 +39,8 @@ def test_generate_streams_text(smollm2) -> None:
         (["--model", "nosuch", "hi"], "not an embedded alias (gemma3-270m, smollm2)"),
         (["-n", "0", "hi"], "max_new_tokens: must be a positive integer"),
         (["  "], "prompt: must be a non-empty string"),
-        (["--param", "temperature=2", "hi"], "params.temperature: not a parameter of strategy 'greedy'"),
+        (["--strategy", "greedy", "--param", "temperature=2", "hi"],
+         "params.temperature: not a parameter of strategy 'greedy'"),
         (["--param", "novalue", "hi"], "--param: expected KEY=VALUE"),
     ],
 )

@@ -121,7 +121,7 @@ def test_chat_messages_and_raw_prompts(smollm2: LocalModel) -> None:
         ({"prompt": []}, "prompt: must be a non-empty string, a list of chat messages"),
         ({"prompt": [{"role": "wizard", "content": "x"}]}, r"prompt\[0\].role: .wizard. is not one of"),
         ({"strategy": "telepathy"}, "unknown strategy 'telepathy'; registered strategies: .*greedy.*sample"),
-        ({"temperature": 0.5}, "params.temperature: not a parameter of strategy 'greedy'"),
+        ({"strategy": "greedy", "temperature": 0.5}, "params.temperature: not a parameter of strategy 'greedy'"),
         ({"strategy": "sample", "temperature": -1.0}, "params.temperature"),
         ({"strategy": "sample", "top_p": 0.0}, "params.top_p"),
         ({"stop": [""]}, r"stop\[0\]: stop strings must be non-empty strings"),
@@ -144,10 +144,13 @@ def test_prompt_longer_than_context_window(tiny_model: LocalModel) -> None:
         generate(tiny_model, "word " * 600, chat=False, max_new_tokens=2)
 
 
-def test_policy_supplies_the_reward(tiny_model: LocalModel) -> None:
+def test_policy_supplies_the_reward_and_its_reward_picks_the_strategy(tiny_model: LocalModel) -> None:
     result = generate(tiny_model, "hello", policy="concise", max_new_tokens=4)
     assert result.reward is not None and set(result.reward.components) == {"length"}
-    assert result.strategy == "greedy"
+    assert result.strategy == "deal"  # a length budget is a target: lookahead search moves it
+    assert result.stats.extra["planned"] == "reward"
+    scored = generate(tiny_model, "hello", policy="concise", strategy="greedy", max_new_tokens=4)
+    assert scored.strategy == "greedy" and scored.reward is not None  # greedy only scores the reward
 
 
 def test_unknown_policy_lists_registered_ones() -> None:
@@ -176,22 +179,26 @@ def test_repetition_penalty_breaks_loops_and_is_off_at_one(tiny_model: LocalMode
 
 
 def test_repetition_penalty_leaves_newlines_and_fences_alone(tiny_model: LocalModel) -> None:
-    from shared_core.decoding.sampling import RepetitionParams, penalize_repeats, repetition_exemptions
+    from shared_core.decoding.engine import processors_for
+    from shared_core.processors import RepetitionPenaltyProcessor
+    from shared_core.request import Request
 
     layout = tiny_model.layout_token_ids
     newline, fence, word = (tiny_model.encode(text) for text in ("\n", "```", " the"))
     assert len(newline) == len(fence) == len(word) == 1
     assert newline[0] in layout and fence[0] in layout and word[0] not in layout
     logits = torch.full((1, tiny_model.vocab_size), 2.0)
-    penalized = penalize_repeats(logits, [newline + fence + word], 2.0, layout)[0]
+    penalized = RepetitionPenaltyProcessor(2.0, layout)([newline + fence + word], logits)[0]
     assert penalized[newline[0]] == penalized[fence[0]] == 2.0 and penalized[word[0]] == 1.0
-    assert repetition_exemptions(RepetitionParams(repetition_penalty=1.2), lambda: layout) == layout
-    assert repetition_exemptions(RepetitionParams(repetition_penalty=1.2, penalize_layout=True), lambda: layout) == set()
-    assert repetition_exemptions(RepetitionParams(), lambda: layout) == set()  # no penalty: nothing to compute
+    (processor,) = processors_for(Request.build(None, "hi", repetition_penalty=1.2), tiny_model)
+    assert processor.exempt == layout
+    (processor,) = processors_for(Request.build(None, "hi", repetition_penalty=1.2, penalize_layout=True), tiny_model)
+    assert processor.exempt == frozenset()
+    assert processors_for(Request.build(None, "hi"), tiny_model) == []  # no penalty: no processor at all
     everything = generate(tiny_model, "hello", max_new_tokens=30, repetition_penalty=100.0, penalize_layout=True)
     assert len(set(everything.token_ids)) == len(everything.token_ids)  # nothing may repeat at all
 
 
 def test_repetition_penalty_must_be_positive() -> None:
-    with pytest.raises(ConfigError, match="params.repetition_penalty"):
+    with pytest.raises(ConfigError, match="repetition_penalty"):
         generate("no-such-model-is-loaded-first", "hello", repetition_penalty=0.0)

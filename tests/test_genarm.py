@@ -12,7 +12,7 @@ from shared_core import ConfigError, generate
 from shared_core.decoding.engine import validate_request
 from shared_core.models import LocalModel, load_model
 from shared_core.rewards.arm import ArmReward, collect_arms, instructed_prompt
-from shared_core.specs import build_reward
+from shared_core.policies import build_reward
 
 PROMPT = "hello there"
 
@@ -91,7 +91,11 @@ def test_exactly_one_forward_per_model_per_token(tiny_model: LocalModel, arm_a: 
                       max_new_tokens=12)
     n = len(result.token_ids)
     assert n == 12
-    assert result.stats.forward_passes == {"policy": n, "arm:0": n, "arm:1": n}
+    passes = result.stats.forward_passes
+    assert {k: passes[k] for k in ("policy", "arm:0", "arm:1")} == {"policy": n, "arm:0": n, "arm:1": n}
+    # and the reported reward reads the finished text once per ARM (counted under the ARM's own name)
+    assert {k: v for k, v in passes.items() if k not in ("policy", "arm:0", "arm:1")} == {
+        f"arm:{arm_a}": 1, f"arm:{arm_b}": 1}
     assert result.stats.extra["genarm"]["alphas"] == {"arm:0": pytest.approx(0.3), "arm:1": pytest.approx(0.2)}
 
 
@@ -240,4 +244,5 @@ def test_prompted_arm_makes_the_embedded_model_concise(smollm2: LocalModel) -> N
     assert len(guided.token_ids) < len(base.token_ids)
     assert guided.finish_reason == "eos" and base.finish_reason == "length"
     assert guided.text.strip() == "The opposite of hot is cold."
-    assert guided.stats.forward_passes == {"policy": len(guided.token_ids), "arm:0": len(guided.token_ids)}
+    n = len(guided.token_ids)
+    assert guided.stats.forward_passes == {"policy": n, "arm:0": n, "arm:smollm2": 1}  # 1: the reported reward

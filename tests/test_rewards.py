@@ -19,7 +19,6 @@ from shared_core.rewards import (
     SafetyReward,
     TextTokenScorer,
     WeightedReward,
-    evaluate_reward,
 )
 from shared_core.rewards.keywords import base_forms
 
@@ -180,10 +179,10 @@ def test_weighted_total_and_components() -> None:
     text = "green tea with sugar"  # coverage 0.5; 4 words over a max of 2 -> -1.0; sugar -> -1.0
     assert reward.score([text]) == [pytest.approx(0.5 - 0.5 - 2.0)]
     assert reward.score_components(text) == {"keywords": 0.5, "length": -1.0, "keywords#2": -1.0}
-    verdict = evaluate_reward(reward, text)
+    verdict = reward.evaluate(text)
     assert verdict.total == pytest.approx(-2.0)
     assert verdict.components == {"keywords": 0.5, "length": -1.0, "keywords#2": -1.0}
-    single = evaluate_reward(LengthReward(max_length=2), text)
+    single = LengthReward(max_length=2).evaluate(text)
     assert (single.total, single.components) == (-1.0, {"length": -1.0})
 
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from shared_core.errors import ConfigError
-from shared_core.policies import get_policy, list_policies, register_policy, resolve_policy, unregister_policy
+from shared_core.policies import build_reward, get_policy, list_policies, register_policy, resolve_policy, unregister_policy
 from shared_core.rewards import (
     CallableReward,
     KeywordsReward,
@@ -23,7 +23,6 @@ from shared_core.specs import (
     LengthSpec,
     Policy,
     WeightedSpec,
-    build_reward,
     parse_policy,
     parse_reward_spec,
     reward_to_json,
@@ -117,12 +116,21 @@ def test_missing_type_and_missing_field_name_the_field() -> None:
     [
         ('{"type": "keywords", "words": ["tea"', "reward", "not valid JSON"),
         ("[1, 2]", "reward", "expected a JSON object"),
-        ({"type": "keywords"}, "reward", "at least one word"),
-        ({"type": "keywords", "words": ["tea", ""]}, "reward.words", "non-empty"),
+        ({"type": "keywords"}, "reward.words", "at least one word"),
+        ({"type": "keywords", "words": ["tea", ""]}, "reward.words", "must contain a letter or digit"),
         ({"type": "keywords", "words": ["a"], "colour": "red"}, "reward.colour", "unknown field"),
-        ({"type": "length", "min_words": 9, "max_words": 3}, "reward", "min_words (9) must be <= max_words (3)"),
+        ({"type": "length", "min_words": 9, "max_words": 3}, "reward.min_words", "min_words (9) must be <= max_words (3)"),
         ({"type": "length", "max_words": -1}, "reward.max_words", "greater than or equal to 0"),
-        ({"type": "length", "max_words": 5, "max_tokens": 5}, "reward", "not both"),
+        ({"type": "length", "max_words": 5, "max_tokens": 5}, "reward.max_tokens", "not both"),
+        ({"type": "length", "max_words": True}, "reward.max_words", "valid integer, got True"),
+        ({"type": "length", "max_words": "3"}, "reward.max_words", "valid integer, got '3'"),
+        ({"type": "keywords", "words": ["a"], "forbidden_penalty": "1"}, "reward.forbidden_penalty", "valid number"),
+        ({"type": "classifier", "model": "m", "trust_remote_code": True}, "reward.trust_remote_code",
+         "cannot be set in a reward spec"),
+        ({"type": "arm", "model": "smollm2", "trust_remote_code": False}, "reward.trust_remote_code",
+         "cannot be set in a reward spec"),
+        ({"type": "weighted", "components": [{"weight": 1, "reward": {"type": "classifier", "model": "m",
+          "trust_remote_code": True}}]}, "reward.components[0].reward.trust_remote_code", "construct the reward in Python"),
         ({"type": "classifier", "model": "m", "output": "score"}, "reward.output", "'logit' or 'probability'"),
         ({"type": "weighted", "components": []}, "reward.components", "at least 1 item"),
     ],

@@ -49,7 +49,7 @@ def test_args_weight_zero_is_exactly_greedy(tiny_model: LocalModel) -> None:
 
 
 def test_args_moves_output_toward_the_reward(tiny_model: LocalModel) -> None:
-    greedy = generate(tiny_model, PROMPT, reward=count_a, max_new_tokens=TOKENS)
+    greedy = generate(tiny_model, PROMPT, strategy="greedy", reward=count_a, max_new_tokens=TOKENS)
     guided = generate(tiny_model, PROMPT, strategy="args", reward=count_a, weight=5.0, max_new_tokens=TOKENS)
     assert guided.reward.total > greedy.reward.total + 3
     assert guided.stats.extra["reward_scoring"] == "text"
@@ -151,7 +151,7 @@ def test_deal_commits_the_rollout_it_scored(tiny_model: LocalModel) -> None:
 
 
 def test_deal_moves_output_toward_the_reward(tiny_model: LocalModel) -> None:
-    greedy = generate(tiny_model, PROMPT, reward=count_a, max_new_tokens=TOKENS)
+    greedy = generate(tiny_model, PROMPT, strategy="greedy", reward=count_a, max_new_tokens=TOKENS)
     guided = generate(tiny_model, PROMPT, strategy="deal", reward=count_a, max_new_tokens=TOKENS)
     assert guided.reward.total > greedy.reward.total + 3
     extra = guided.stats.extra
@@ -162,7 +162,7 @@ def test_deal_moves_output_toward_the_reward(tiny_model: LocalModel) -> None:
 
 
 def test_deal_beam_search_moves_output_toward_the_reward(tiny_model: LocalModel) -> None:
-    greedy = generate(tiny_model, PROMPT, reward=count_a, max_new_tokens=TOKENS)
+    greedy = generate(tiny_model, PROMPT, strategy="greedy", reward=count_a, max_new_tokens=TOKENS)
     guided = generate(tiny_model, PROMPT, strategy="deal", reward=count_a, beam_width=3, top_k=4, lookahead=4,
                       max_new_tokens=TOKENS)
     assert guided.reward.total > greedy.reward.total + 3
@@ -173,7 +173,7 @@ def test_deal_ends_at_a_sentence_boundary_within_a_length_budget(tiny_model: Loc
     """The random model never stops by itself; with a length target, deal ends (EOS) right after a
     sentence-closing token inside the budget instead of running on."""
     budget = {"type": "length", "max_words": 6}
-    greedy = generate(tiny_model, PROMPT, reward=budget, max_new_tokens=40)
+    greedy = generate(tiny_model, PROMPT, strategy="greedy", reward=budget, max_new_tokens=40)
     assert greedy.finish_reason == "length" and len(greedy.text.split()) > 6
     result = generate(tiny_model, PROMPT, strategy="deal", reward=budget, max_new_tokens=40)
     assert result.finish_reason == "eos" and ends_sentence(result.text)
@@ -181,7 +181,7 @@ def test_deal_ends_at_a_sentence_boundary_within_a_length_budget(tiny_model: Loc
 
 
 def test_reward_targets_of_the_built_in_rewards() -> None:
-    from shared_core.specs import build_reward
+    from shared_core.policies import build_reward
 
     assert reward_target(build_reward({"type": "keywords", "words": ["a", "b"]})) == 1.0
     assert reward_target(build_reward({"type": "keywords", "forbidden": ["a"]})) == 0.0
@@ -212,7 +212,7 @@ def test_sentence_boundaries(text: str, expected: bool) -> None:
 def test_shortlist_nucleus_is_the_exact_sampling_distribution(settings: dict) -> None:
     """best_of_n samples from a short list instead of sorting the vocabulary: same distribution."""
     from shared_core.decoding.best_of_n import nucleus
-    from shared_core.decoding.sampling import SamplingParams, warp_logits
+    from shared_core.processors.sampling import SamplingParams, warp_logits
 
     params = SamplingParams(**settings)
     logits = torch.randn(4, 5000, generator=torch.Generator().manual_seed(0)) * 4
@@ -236,7 +236,7 @@ def few_a(texts: list[str]) -> list[float]:
 
 
 def test_best_of_n_keeps_the_best_sample(tiny_model: LocalModel) -> None:
-    greedy = generate(tiny_model, PROMPT, reward=few_a, max_new_tokens=TOKENS)
+    greedy = generate(tiny_model, PROMPT, strategy="greedy", reward=few_a, max_new_tokens=TOKENS)
     result = generate(tiny_model, PROMPT, strategy="best_of_n", reward=few_a, n=8, seed=0, max_new_tokens=TOKENS)
     scores = result.stats.extra["sample_scores"]
     assert len(scores) == 8 and len(set(scores)) > 1
@@ -248,7 +248,7 @@ def test_best_of_n_with_greedy_row_never_loses_to_greedy(tiny_model: LocalModel)
     def prefers_short(texts: list[str]) -> list[float]:
         return [-float(len(t)) for t in texts]
 
-    greedy = generate(tiny_model, PROMPT, reward=prefers_short, max_new_tokens=TOKENS)
+    greedy = generate(tiny_model, PROMPT, strategy="greedy", reward=prefers_short, max_new_tokens=TOKENS)
     result = generate(tiny_model, PROMPT, strategy="best_of_n", reward=prefers_short, n=4, seed=0,
                       include_greedy=True, max_new_tokens=TOKENS)
     assert result.reward.total >= greedy.reward.total

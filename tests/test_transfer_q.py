@@ -185,7 +185,7 @@ def test_baseline_with_another_tokenizer_is_rejected(tmp_path: Path, tiny_model:
 def test_transfer_q_raises_a_keyword_reward_on_the_embedded_model(smollm2: LocalModel) -> None:
     reward = {"type": "keywords", "words": ["two"]}
     prompt = "Give me two tips for staying safe online."
-    greedy = generate(smollm2, prompt, reward=reward, max_new_tokens=12)
+    greedy = generate(smollm2, prompt, strategy="greedy", reward=reward, max_new_tokens=12)
     guided = generate(smollm2, prompt, strategy="transfer_q", reward=reward, baseline="smollm2",
                       k=3, horizon=4, alpha=0.1, max_new_tokens=12)
     assert guided.reward is not None and greedy.reward is not None

@@ -24,8 +24,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
-from shared_core.decoding.sampling import SamplingParams, choose_tokens
-from shared_core.errors import RewardError
+from shared_core.processors.sampling import SamplingParams, choose_tokens
+from shared_core.rewards.base import TokenScorer
+from shared_core.rewards.runtime import score_candidates
 
 
 class TextRewardCache:
@@ -67,21 +68,12 @@ class ArgsParams(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus mass kept when sampling")
 
 
-def _candidate_scores(job: DecodeJob, scorer: object, texts: TextRewardCache, candidates: list[int]) -> list[float]:
+def _candidate_scores(job: DecodeJob, scorer: TokenScorer | None, texts: TextRewardCache,
+                      candidates: list[int]) -> list[float]:
     """The reward of ``committed + [c]`` for each candidate ``c``: incrementally when possible."""
     committed = job.committed
     if scorer is not None:
-        try:
-            values = scorer.score_candidates(committed, candidates)  # type: ignore[attr-defined]
-        except RewardError:
-            raise
-        except Exception as exc:
-            name = getattr(job.reward, "name", type(job.reward).__name__)
-            raise RewardError(
-                f"reward {name!r} failed rating {len(candidates)} candidate token(s) after "
-                f"{len(committed)} generated token(s): {type(exc).__name__}: {exc}"
-            ) from exc
-        return [float(v) for v in values]
+        return score_candidates(job.reward, scorer, committed, candidates, stats=job.stats)
     return texts([[*committed, c] for c in candidates])
 
 
@@ -98,6 +90,7 @@ def _args_loop(job: DecodeJob, params: ArgsParams) -> Iterator[Sequence[int]]:
         job.stats.extra["reward_scoring"] = "tokens" if scorer is not None else "text"
     steps = 0
     while True:
+        logits = job.process_one(job.committed, logits)
         if texts is None:
             token = int(choose_tokens(logits.unsqueeze(0), plain, job.generator)[0])
         else:

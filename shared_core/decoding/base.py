@@ -20,12 +20,25 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from shared_core.decoding.kv import ModelRunner
+from shared_core.backends.local import ModelRunner
+from shared_core.cancel import CancelToken
 from shared_core.decoding.stopping import StopState
 from shared_core.errors import ConfigError
 from shared_core.models import LocalModel
+from shared_core.processors.base import LogitsProcessorList
 from shared_core.result import GenerationStats
 from shared_core.rewards.base import Reward
+
+__all__ = [
+    "DecodeJob",
+    "NoParams",
+    "PrefixCache",
+    "Strategy",
+    "get_strategy",
+    "list_strategies",
+    "register_strategy",
+    "validate_params",
+]
 
 
 class NoParams(BaseModel):
@@ -58,6 +71,8 @@ class DecodeJob:
     prefix: PrefixCache | None = None
     prompt: Any = None  # the prompt as given (string or chat messages), for models that render it themselves
     chat: bool | None = None  # the ``chat`` flag the prompt was rendered with
+    processors: LogitsProcessorList = field(default_factory=LogitsProcessorList)
+    cancel: CancelToken | None = None
     runners: dict[str, ModelRunner] = field(default_factory=dict)
 
     @property
@@ -76,8 +91,16 @@ class DecodeJob:
     def runner(self, lm: LocalModel | None = None, label: str = "policy") -> ModelRunner:
         """The forward-pass runner for ``lm`` (the policy model by default), counted under ``label``."""
         if label not in self.runners:
-            self.runners[label] = ModelRunner(lm or self.model, self.stats, label)
+            self.runners[label] = ModelRunner(lm or self.model, self.stats, label, cancel=self.cancel)
         return self.runners[label]
+
+    def process(self, generated: Sequence[Sequence[int]], logits: torch.Tensor) -> torch.Tensor:
+        """The request's logits processors applied to ``logits`` (rows, vocab) after each row's ``generated`` ids."""
+        return self.processors(generated, logits) if self.processors else logits
+
+    def process_one(self, generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        """:meth:`process` for one row of logits (vocab,)."""
+        return self.processors.one(generated, logits)
 
     def prefill(self) -> tuple[torch.Tensor, Any]:
         """Encodes the prompt into a fresh KV cache; reuses a cached prefix (copied) when one is set."""
@@ -102,12 +125,17 @@ class DecodeJob:
                 text = text[:cut]
         return text
 
+    def check_cancelled(self) -> None:
+        """Raises :class:`~shared_core.cancel.Cancelled` if the request was cancelled (between steps)."""
+        if self.cancel is not None:
+            self.cancel.check()
+
     def score(self, continuations: Sequence[str]) -> list[float]:
         """The reward's scores for candidate texts, with failures reported with context."""
         from shared_core.rewards.runtime import score_texts
 
         assert self.reward is not None
-        return score_texts(self.reward, continuations, prompt=self.prompt_text)
+        return score_texts(self.reward, continuations, prompt=self.prompt_text, stats=self.stats)
 
 
 class Strategy(ABC):
@@ -117,6 +145,8 @@ class Strategy(ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     needs_reward: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    #: What the strategy needs from a backend (see ``shared_core.backends``); the local model has everything.
+    needs: ClassVar[frozenset[str]] = frozenset({"logits"})
 
     @abstractmethod
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:

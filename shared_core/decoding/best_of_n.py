@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared_core.decoding.args import TextRewardCache
 from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
-from shared_core.decoding.sampling import SamplingParams, warp_logits
+from shared_core.processors.sampling import SamplingParams, warp_logits
 
 SHORTLIST = 256  # tokens examined before falling back to sorting the whole vocabulary
 
@@ -87,6 +87,7 @@ def sample_batch(job: DecodeJob, params: BestOfNParams) -> list[list[int]]:
     samples: list[list[int]] = [[] for _ in range(n)]
     active = list(range(n))
     for _ in range(job.max_new_tokens):
+        logits = job.process([samples[row] for row in active], logits)
         tokens = sample_rows(logits, sampling, job.generator)
         if params.include_greedy and active and active[0] == 0:
             tokens[0] = logits[0].argmax()

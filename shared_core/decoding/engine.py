@@ -1,243 +1,84 @@
-"""``generate`` and ``stream``: validate a request, run a strategy, and package the result.
+"""``generate`` and ``stream``: run a :class:`~shared_core.request.Request` through its strategy and package the result.
 
-Everything a user can get wrong is checked before a model is loaded or a forward pass runs.
+Everything a user can get wrong is checked when the request is built (``Request.build``), before a
+model is loaded or a forward pass runs. The engine then renders the prompts, composes the request's
+logits processors, drives the strategy (its committed tokens go through the stop rules), and reports
+the result with the reward's verdict.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
-from shared_core.decoding.base import DecodeJob, PrefixCache, Strategy, get_strategy, validate_params
-from shared_core.decoding.sampling import make_generator
+from shared_core.cancel import Cancelled, CancelToken
+from shared_core.decoding.base import DecodeJob, PrefixCache, Strategy
 from shared_core.decoding.stopping import StopState
-from shared_core.decoding.urial_mode import UrialOptions, parse_urial_option, render_urial, urial_deltas
-from shared_core.urial import find_answer_end
+from shared_core.decoding.urial_mode import UrialOptions, render_urial, urial_deltas
 from shared_core.errors import ConfigError
-from shared_core.models import LocalModel, load_model, validate_messages
+from shared_core.models import LocalModel, load_model
+from shared_core.processors.base import LogitsProcessorList
+from shared_core.processors.repetition import RepetitionPenaltyProcessor
+from shared_core.processors.sampling import make_generator
+from shared_core.request import DEFAULT_MAX_NEW_TOKENS, Prompt, Request, request_text
 from shared_core.result import GenerationResult, GenerationStats
-from shared_core.rewards.base import Reward
 from shared_core.rewards.runtime import final_score
+from shared_core.urial import ANSWER_END, find_answer_end, parse_urial_answer
 
-Messages = Sequence[Mapping[str, Any]]
-Prompt = Union[str, Messages]
-
-DEFAULT_MAX_NEW_TOKENS = 256
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "GenerationStream", "generate", "stream", "validate_request"]
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 and all(
-        isinstance(m, Mapping) for m in value
-    )
+# --------------------------------------------------------------------------- jobs
 
 
-def split_batch(prompt_or_batch: Any) -> tuple[list[Prompt], bool]:
-    """Returns (prompts, is_batch): a str or a message list is one prompt; a list of those is a batch."""
-    if isinstance(prompt_or_batch, str) or _is_messages(prompt_or_batch):
-        return [prompt_or_batch], False
-    if isinstance(prompt_or_batch, Sequence) and len(prompt_or_batch) > 0:
-        return list(prompt_or_batch), True
-    raise ConfigError("prompt", "must be a non-empty string, a list of chat messages, or a list of those (a batch)")
+def resolve_model(model: Any) -> LocalModel:
+    """The loaded model a request names (a :class:`LocalModel` is used as is)."""
+    return model if isinstance(model, LocalModel) else load_model(model)
 
 
-def validate_prompt(prompt: Any, field: str = "prompt") -> None:
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise ConfigError(field, "must be a non-empty string")
-        return
-    if _is_messages(prompt):
-        validate_messages(prompt, field)
-        return
-    raise ConfigError(field, f"must be a non-empty string or a list of chat messages, got {type(prompt).__name__}")
+def processors_for(request: Request, lm: LocalModel) -> LogitsProcessorList:
+    """The request's logits processors for ``lm`` (the repetition penalty, when it is on)."""
+    processors = LogitsProcessorList()
+    settings = request.repetition
+    penalty = settings.repetition_penalty
+    if penalty is not None and penalty != 1.0:
+        exempt = frozenset() if settings.penalize_layout else lm.layout_token_ids
+        processors.append(RepetitionPenaltyProcessor(penalty, exempt))
+    return processors
 
 
-def request_text(prompt: Prompt) -> str:
-    """The user's request as rewards see it: the prompt string, or the last user message."""
-    if isinstance(prompt, str):
-        return prompt
-    for message in reversed(prompt):
-        if message.get("role") == "user":
-            return str(message.get("content") or "")
-    return str(prompt[-1].get("content") or "")
+def make_jobs(request: Request) -> list[DecodeJob]:
+    """One decode job per prompt: the model loaded, the prompt rendered and checked against the context window."""
+    lm = resolve_model(request.model)
+    processors = processors_for(request, lm)
+    jobs = []
+    for i, prompt in enumerate(request.prompts):
+        stats = GenerationStats()
+        prefix = request.prefix
+        if request.urial is not None:
+            ids, prefix = render_urial(lm, prompt, request.urial, request.max_new_tokens, stats)
+        else:
+            ids = lm.render(prompt, chat=request.chat, tools=request.tools)
+        if len(ids) >= lm.context_window:
+            raise ConfigError("prompt", f"is {len(ids)} tokens but the model's context window is "
+                                        f"{lm.context_window} tokens")
+        stats.prompt_tokens = len(ids)
+        stats.extra["planned"] = request.plan.chosen_by
+        seed = None if request.seed is None else request.seed + i
+        jobs.append(DecodeJob(
+            model=lm, prompt_ids=ids, prompt_text=request_text(prompt), params=request.params,
+            reward=request.reward, max_new_tokens=request.max_new_tokens,
+            generator=make_generator(seed, lm.device), stats=stats,
+            state=StopState(lm.decode, lm.eos_token_ids, request.stop, request.max_new_tokens,
+                            stop_finder=None if request.urial is None else find_answer_end),
+            prefix=prefix, prompt=prompt, chat=request.chat, processors=processors, cancel=request.cancel,
+        ))
+    return jobs
 
 
-def validate_common(max_new_tokens: Any, stop: Any, seed: Any) -> tuple[str, ...]:
-    """Checks the arguments every strategy shares; returns the stop strings as a tuple."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise ConfigError("max_new_tokens", f"must be a positive integer, got {max_new_tokens!r}")
-    if stop is None:
-        stops: tuple[str, ...] = ()
-    elif isinstance(stop, str):
-        stops = (stop,)
-    else:
-        stops = tuple(stop)
-    for i, s in enumerate(stops):
-        if not isinstance(s, str) or not s:
-            raise ConfigError(f"stop[{i}]", f"stop strings must be non-empty strings, got {s!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError("seed", f"must be an integer or None, got {seed!r}")
-    return stops
-
-
-def resolve_reward(reward: Any) -> Reward | None:
-    """Builds a Reward from a spec, JSON, policy name, callable or Reward (see ``shared_core.specs``)."""
-    if reward is None:
-        return None
-    from shared_core.specs import build_reward
-
-    return build_reward(reward)
-
-
-def apply_policy(
-    policy: str | None, strategy: str | None, reward: Any, params: dict[str, Any]
-) -> tuple[str, Any, dict[str, Any]]:
-    """Fills strategy, reward and parameters from a named policy; explicit arguments win.
-
-    The rules are :mod:`shared_core.planning`'s; without a strategy, ``generate`` stays greedy (a
-    reward alone is scored, not steered toward).
-    """
-    if policy is None:
-        return strategy or "greedy", reward, params
-    from shared_core.planning import choose_decoding, resolve_policy_name
-
-    choice = choose_decoding(policy=resolve_policy_name(policy), strategy=strategy, reward=reward,
-                             param_layers=[params])
-    return choice.strategy, choice.reward, choice.params
-
-
-class GenerationStream(Iterator[str]):
-    """An iterator of text deltas; after it is exhausted, ``result`` holds the GenerationResult.
-
-    The concatenated deltas equal ``result.text``.
-    """
-
-    def __init__(self, deltas: Iterator[str], finish: Any) -> None:
-        self._deltas = deltas
-        self._finish = finish
-        self._result: GenerationResult | None = None
-
-    def __iter__(self) -> GenerationStream:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._deltas)
-        except StopIteration:
-            if self._result is None:
-                self._result = self._finish()
-            raise
-
-    def close(self) -> None:
-        """Stops generation early (the result then reflects what was produced)."""
-        close = getattr(self._deltas, "close", None)
-        if close:
-            close()
-
-    @property
-    def result(self) -> GenerationResult:
-        if self._result is None:
-            for _ in self:
-                pass
-        assert self._result is not None
-        return self._result
-
-
-class _Request:
-    """A validated request: the checks run in the constructor, model work in ``jobs``."""
-
-    def __init__(
-        self,
-        model: LocalModel | str,
-        prompts: list[Prompt],
-        *,
-        strategy: str,
-        reward: Any,
-        max_new_tokens: int,
-        stop: Any,
-        seed: int | None,
-        chat: bool | None,
-        tools: Sequence[Mapping[str, Any]] | None,
-        prefix: PrefixCache | None,
-        params: dict[str, Any],
-        urial: Any = False,
-    ) -> None:
-        if not isinstance(strategy, str):
-            raise ConfigError("strategy", f"must be a strategy name, got {type(strategy).__name__}")
-        self.strategy_cls: type[Strategy] = get_strategy(strategy)
-        self.params = validate_params(self.strategy_cls, params)
-        self.stops = validate_common(max_new_tokens, stop, seed)
-        for i, prompt in enumerate(prompts):
-            validate_prompt(prompt, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
-        self.urial: UrialOptions | None = parse_urial_option(urial)
-        if self.urial is not None:
-            from shared_core.urial import URIAL_STOP_STRINGS
-
-            self.stops = self.stops + tuple(s for s in URIAL_STOP_STRINGS if s not in self.stops)
-        self.reward = resolve_reward(reward)
-        if self.strategy_cls.needs_reward and self.reward is None:
-            raise ConfigError("reward", f"strategy {self.strategy_cls.name!r} needs a reward (a spec, a policy name or a callable)")
-        self.prompts = prompts
-        self.max_new_tokens = max_new_tokens
-        self.seed = seed
-        self.chat = chat
-        self.tools = tools
-        self.prefix = prefix
-        self.model_arg = model
-
-    def jobs(self) -> list[DecodeJob]:
-        lm = self.model_arg if isinstance(self.model_arg, LocalModel) else load_model(self.model_arg)
-        jobs = []
-        for i, prompt in enumerate(self.prompts):
-            stats = GenerationStats()
-            prefix = self.prefix
-            if self.urial is not None:
-                ids, prefix = render_urial(lm, prompt, self.urial, self.max_new_tokens, stats)
-            else:
-                ids = lm.render(prompt, chat=self.chat, tools=self.tools)
-            if len(ids) >= lm.context_window:
-                raise ConfigError("prompt", f"is {len(ids)} tokens but the model's context window is {lm.context_window} tokens")
-            stats.prompt_tokens = len(ids)
-            seed = None if self.seed is None else self.seed + i
-            jobs.append(DecodeJob(
-                model=lm, prompt_ids=ids, prompt_text=request_text(prompt), params=self.params,
-                reward=self.reward, max_new_tokens=self.max_new_tokens,
-                generator=make_generator(seed, lm.device), stats=stats,
-                state=StopState(lm.decode, lm.eos_token_ids, self.stops, self.max_new_tokens,
-                                stop_finder=None if self.urial is None else find_answer_end),
-                prefix=prefix, prompt=prompt, chat=self.chat,
-            ))
-        return jobs
-
-    def result(self, job: DecodeJob, seconds: float) -> GenerationResult:
-        state = job.state
-        if not state.finished:
-            state.finish("length")
-        job.stats.new_tokens = len(state.token_ids)
-        job.stats.seconds = seconds
-        text = self.final_text(job)
-        reward = final_score(self.reward, text, prompt=job.prompt_text) if self.reward is not None else None
-        assert state.finish_reason is not None
-        return GenerationResult(
-            text=text, token_ids=list(state.token_ids), finish_reason=state.finish_reason,
-            reward=reward, stats=job.stats, strategy=self.strategy_cls.name, model=job.model.name,
-        )
-
-
-    def final_text(self, job: DecodeJob) -> str:
-        """The answer shown to the user: the decoded text, cleaned of URIAL's format when it is on."""
-        if self.urial is not None:
-            from shared_core.urial import parse_urial_answer
-
-            return parse_urial_answer(_urial_raw_text(job))
-        return job.state.text
-
-    def deltas(self, strategy: Strategy, job: DecodeJob) -> Iterator[str]:
-        """The text deltas a reader sees; they add up to :meth:`final_text`."""
-        raw = _drive(strategy, job)
-        if self.urial is not None:
-            return urial_deltas(lambda: _urial_raw_text(job), raw)
-        return raw
+# --------------------------------------------------------------------------- results
 
 
 def _urial_raw_text(job: DecodeJob) -> str:
@@ -247,14 +88,51 @@ def _urial_raw_text(job: DecodeJob) -> str:
     with EOS instead of the fence; re-adding the end marker lets the parser pair an inner code block
     the model opened with a bare fence, instead of leaving that fence unbalanced in the answer.
     """
-    from shared_core.urial import ANSWER_END
-
     state = job.state
     return state.text + ANSWER_END if state.finish_reason in ("stop", "eos") else state.text
 
 
+def final_text(request: Request, job: DecodeJob) -> str:
+    """The answer shown to the user: the decoded text, cleaned of URIAL's format when it is on."""
+    if request.urial is not None:
+        return parse_urial_answer(_urial_raw_text(job))
+    return job.state.text
+
+
+def make_result(request: Request, job: DecodeJob, seconds: float) -> GenerationResult:
+    """The job's GenerationResult; the reward's verdict unless it was cancelled (see ``final_score``)."""
+    state = job.state
+    if not state.finished:
+        state.finish("length")
+    job.stats.new_tokens = len(state.token_ids)
+    job.stats.seconds = seconds
+    text = final_text(request, job)
+    reward, error = None, None
+    if request.reward is not None and state.finish_reason != "cancelled":
+        reward, error = final_score(request.reward, text, prompt=job.prompt_text, stats=job.stats)
+    assert state.finish_reason is not None
+    return GenerationResult(
+        text=text, token_ids=list(state.token_ids), finish_reason=state.finish_reason, reward=reward,
+        stats=job.stats, strategy=request.strategy_name, model=job.model.name, reward_error=error,
+    )
+
+
+def _cancelled_before_start(request: Request) -> GenerationResult:
+    """The result of a stream closed before its first step: no text, no model work."""
+    name = request.model.name if isinstance(request.model, LocalModel) else str(request.model)
+    return GenerationResult(text="", token_ids=[], finish_reason="cancelled", reward=None, stats=GenerationStats(),
+                            strategy=request.strategy_name, model=name)
+
+
+# --------------------------------------------------------------------------- driving a strategy
+
+
 def _drive(strategy: Strategy, job: DecodeJob) -> Iterator[str]:
-    """Feeds a strategy's tokens into the job's stop state and yields safe text deltas."""
+    """Feeds a strategy's tokens into the job's stop state and yields safe text deltas.
+
+    A cancelled request (its token checked before every forward pass and between chunks) ends the
+    sequence with ``finish_reason="cancelled"``.
+    """
     tokens = strategy.decode(job)
     try:
         for chunk in tokens:
@@ -264,6 +142,9 @@ def _drive(strategy: Strategy, job: DecodeJob) -> Iterator[str]:
                 yield delta
             if done:
                 break
+            job.check_cancelled()
+    except Cancelled:
+        job.state.finish("cancelled")
     finally:
         tokens.close()  # type: ignore[attr-defined]
     if not job.state.finished:
@@ -271,6 +152,14 @@ def _drive(strategy: Strategy, job: DecodeJob) -> Iterator[str]:
     delta = job.state.pop_delta()
     if delta:
         yield delta
+
+
+def _deltas(request: Request, strategy: Strategy, job: DecodeJob) -> Iterator[str]:
+    """The text deltas a reader sees; they add up to :func:`final_text`."""
+    raw = _drive(strategy, job)
+    if request.urial is not None:
+        return urial_deltas(lambda: _urial_raw_text(job), raw)
+    return raw
 
 
 def _drive_batch(strategy: Strategy, jobs: list[DecodeJob]) -> bool:
@@ -285,18 +174,112 @@ def _drive_batch(strategy: Strategy, jobs: list[DecodeJob]) -> bool:
                     job.state.push_many(chunk)
             if all(job.finished for job in jobs):
                 break
+            jobs[0].check_cancelled()
+    except Cancelled:
+        for job in jobs:
+            job.state.finish("cancelled")
     finally:
         steps.close()  # type: ignore[attr-defined]
     return True
 
 
+class GenerationStream(Iterator[str]):
+    """An iterator of text deltas; after it is exhausted, ``result`` holds the GenerationResult.
+
+    The concatenated deltas equal ``result.text``. :meth:`close` (or :meth:`cancel`, from any thread)
+    stops decoding before the next forward pass; ``result`` then holds what was generated so far,
+    with ``finish_reason="cancelled"``.
+    """
+
+    def __init__(self, request: Request) -> None:
+        if request.cancel is None:
+            request.cancel = CancelToken()
+        self._request = request
+        self._token = request.cancel
+        self._job: DecodeJob | None = None
+        self._result: GenerationResult | None = None
+        self._started = time.perf_counter()
+        self._deltas = self._run()
+        self._lock = threading.Lock()
+
+    def _run(self) -> Iterator[str]:
+        self._token.check()
+        job = make_jobs(self._request)[0]
+        self._job = job
+        self._started = time.perf_counter()
+        yield from _deltas(self._request, self._request.strategy(), job)
+
+    def __iter__(self) -> GenerationStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._deltas)
+        except (StopIteration, Cancelled):
+            self._finish()
+            raise StopIteration from None
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._result is not None:
+                return
+            if self._job is None:
+                self._result = _cancelled_before_start(self._request)
+            else:
+                if not self._job.state.finished and self._token.cancelled:
+                    self._job.state.finish("cancelled")
+                self._result = make_result(self._request, self._job, time.perf_counter() - self._started)
+
+    def cancel(self) -> None:
+        """Asks decoding to stop before its next forward pass; safe from any thread, at any time."""
+        self._token.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._token.cancelled
+
+    def close(self) -> None:
+        """Stops generation early; ``result`` then reflects what was produced (``finish_reason="cancelled"``).
+
+        From another thread while a step runs, decoding stops before its next forward pass and that
+        thread's ``next()`` ends the stream.
+        """
+        self._token.cancel()
+        try:
+            self._deltas.close()  # type: ignore[attr-defined]
+        except ValueError:  # "generator already executing": running in another thread, which stops on its own
+            return
+        self._finish()
+
+    @property
+    def result(self) -> GenerationResult:
+        if self._result is None:
+            for _ in self:
+                pass
+        assert self._result is not None
+        return self._result
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _request(model: Any, prompt: Any, kwargs: dict[str, Any]) -> Request:
+    if isinstance(model, Request):
+        if prompt is not None or kwargs:
+            raise ConfigError("request", "pass either a Request alone or a model, a prompt and keyword arguments")
+        return model
+    if prompt is None:
+        raise ConfigError("prompt", "missing: pass a model and a prompt, or a Request")
+    return Request.build(model, prompt, **kwargs)
+
+
 def stream(
-    model: LocalModel | str,
-    prompt: Prompt,
+    model: LocalModel | str | Request,
+    prompt: Prompt | None = None,
     *,
     strategy: str | None = None,
     reward: Any = None,
-    policy: str | None = None,
+    policy: Any = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     stop: str | Sequence[str] | None = None,
     seed: int | None = None,
@@ -304,40 +287,36 @@ def stream(
     tools: Sequence[Mapping[str, Any]] | None = None,
     prefix: PrefixCache | None = None,
     urial: bool | str | Mapping[str, Any] | UrialOptions = False,
+    cancel: CancelToken | None = None,
     **params: Any,
 ) -> GenerationStream:
     """Like :func:`generate` for one prompt, but returns an iterator of text deltas as they are decided.
+
+    Takes the same arguments as :func:`generate`, or a single :class:`~shared_core.request.Request`.
 
     Example:
         >>> s = stream("smollm2", "Say hi.", max_new_tokens=16)   # doctest: +SKIP
         >>> text = "".join(s); s.result.finish_reason              # doctest: +SKIP
     """
-    if not (isinstance(prompt, str) or _is_messages(prompt)):
+    if isinstance(model, Request):
+        request = _request(model, prompt, params)
+    else:
+        request = Request.build(model, prompt, strategy=strategy, reward=reward, policy=policy,
+                                max_new_tokens=max_new_tokens, stop=stop, seed=seed, chat=chat, tools=tools,
+                                prefix=prefix, urial=urial, cancel=cancel, **params) if prompt is not None \
+            else _request(model, prompt, {})
+    if request.batch:
         raise ConfigError("prompt", "stream takes one prompt (a string or a list of chat messages), not a batch")
-    strategy, reward, params = apply_policy(policy, strategy, reward, params)
-    request = _Request(model, [prompt], strategy=strategy, reward=reward, max_new_tokens=max_new_tokens,
-                       stop=stop, seed=seed, chat=chat, tools=tools, prefix=prefix, params=params, urial=urial)
-    started = time.perf_counter()
-    holder: dict[str, DecodeJob] = {}
-
-    def deltas() -> Iterator[str]:
-        job = request.jobs()[0]
-        holder["job"] = job
-        yield from request.deltas(request.strategy_cls(), job)
-
-    def finish() -> GenerationResult:
-        return request.result(holder["job"], time.perf_counter() - started)
-
-    return GenerationStream(deltas(), finish)
+    return GenerationStream(request)
 
 
 def generate(
-    model: LocalModel | str,
-    prompt: Prompt | Sequence[Prompt],
+    model: LocalModel | str | Request,
+    prompt: Prompt | Sequence[Prompt] | None = None,
     *,
     strategy: str | None = None,
     reward: Any = None,
-    policy: str | None = None,
+    policy: Any = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     stop: str | Sequence[str] | None = None,
     seed: int | None = None,
@@ -345,15 +324,20 @@ def generate(
     tools: Sequence[Mapping[str, Any]] | None = None,
     prefix: PrefixCache | None = None,
     urial: bool | str | Mapping[str, Any] | UrialOptions = False,
+    cancel: CancelToken | None = None,
     **params: Any,
 ) -> GenerationResult | list[GenerationResult]:
-    """Generates a continuation with a decoding strategy, optionally steered by a reward.
+    """Generates a continuation with a decoding strategy, steered by a reward when one is given.
 
     Args:
-        model: a :class:`LocalModel` or anything :func:`load_model` accepts (``"smollm2"``).
+        model: a :class:`LocalModel` or anything :func:`load_model` accepts (``"smollm2"``); or a
+            built :class:`~shared_core.request.Request` (then nothing else is passed).
         prompt: a string (sent as a user message to chat models), chat messages, or a list of those
             (a batch; the result is then a list).
-        strategy: a registered strategy name (``list_strategies()``); ``"greedy"`` unless a policy names one.
+        strategy: a registered strategy name (``list_strategies()``). Default: the policy's; else the
+            one that moves the reward (``deal`` for keywords and length budgets, ``args`` for a
+            classifier, ``best_of_n`` for safety and Python functions, ``genarm`` for ARMs); else
+            greedy (``sample`` when ``temperature > 0``). Name ``"greedy"`` to only *score* a reward.
         reward: a reward spec (dict or JSON), a policy name, a callable ``texts -> scores``, or a Reward.
         policy: a registered policy name: its reward, strategy and parameters are the defaults, and
             explicit arguments override them.
@@ -364,49 +348,53 @@ def generate(
         tools: tool schemas (OpenAI format) rendered through the chat template.
         urial: align with the URIAL in-context prompt instead of the chat template: ``True`` (the
             "safe" variant), ``"help"``, or ``{"variant", "examples", "preamble"}``. Works with any
-            strategy; the preamble's KV cache is computed once per model and reused.
-        **params: the strategy's own parameters (e.g. ``temperature`` for ``"sample"``).
+            strategy; the preamble's KV cache is computed once per model and reused. Its default
+            ``repetition_penalty`` is 1.2.
+        cancel: a :class:`~shared_core.cancel.CancelToken`; cancelling it stops decoding before the
+            next forward pass (``finish_reason="cancelled"``).
+        **params: the strategy's own parameters (e.g. ``temperature`` for ``"sample"``), and, for every
+            strategy, ``repetition_penalty`` and ``penalize_layout``.
 
     Example:
         >>> r = generate("smollm2", "Give me two tips for staying safe online.", max_new_tokens=64)  # doctest: +SKIP
         >>> r.text, r.finish_reason, r.stats.forward_passes                                           # doctest: +SKIP
     """
-    prompts, is_batch = split_batch(prompt)
-    strategy, reward, params = apply_policy(policy, strategy, reward, params)
-    request = _Request(model, prompts, strategy=strategy, reward=reward, max_new_tokens=max_new_tokens,
-                       stop=stop, seed=seed, chat=chat, tools=tools, prefix=prefix, params=params, urial=urial)
-    jobs = request.jobs()
-    strategy_obj = request.strategy_cls()
-    if is_batch and len(jobs) > 1 and all(job.prefix is None for job in jobs):
+    if isinstance(model, Request):
+        request = _request(model, prompt, params)
+    else:
+        if prompt is None:
+            raise ConfigError("prompt", "missing: pass a model and a prompt, or a Request")
+        request = Request.build(model, prompt, strategy=strategy, reward=reward, policy=policy,
+                                max_new_tokens=max_new_tokens, stop=stop, seed=seed, chat=chat, tools=tools,
+                                prefix=prefix, urial=urial, cancel=cancel, **params)
+    return run(request)
+
+
+def run(request: Request) -> GenerationResult | list[GenerationResult]:
+    """Decodes a built request: one result, or a list for a batch."""
+    jobs = make_jobs(request)
+    strategy = request.strategy()
+    if request.batch and len(jobs) > 1 and all(job.prefix is None for job in jobs):
         started = time.perf_counter()
-        if _drive_batch(strategy_obj, jobs):
+        if _drive_batch(strategy, jobs):
             seconds = time.perf_counter() - started
             for job in jobs:
                 job.stats.extra["batch_size"] = len(jobs)
-            return [request.result(job, seconds) for job in jobs]
+            return [make_result(request, job, seconds) for job in jobs]
     results = []
     for job in jobs:
         started = time.perf_counter()
-        for _ in request.deltas(strategy_obj, job):
+        for _ in _deltas(request, strategy, job):
             pass
-        results.append(request.result(job, time.perf_counter() - started))
-    return results if is_batch else results[0]
+        results.append(make_result(request, job, time.perf_counter() - started))
+    return results if request.batch else results[0]
 
 
-def validate_request(
-    prompt: Prompt | Sequence[Prompt],
-    *,
-    strategy: str | None = None,
-    reward: Any = None,
-    policy: str | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    stop: str | Sequence[str] | None = None,
-    seed: int | None = None,
-    params: dict[str, Any] | None = None,
-    urial: Any = False,
-) -> None:
-    """Runs every check :func:`generate` runs, without loading a model (the CLI calls it first)."""
-    prompts, _ = split_batch(prompt)
-    strategy, reward, merged = apply_policy(policy, strategy, reward, dict(params or {}))
-    _Request("unused", prompts, strategy=strategy, reward=reward, max_new_tokens=max_new_tokens, stop=stop,
-             seed=seed, chat=None, tools=None, prefix=None, params=merged, urial=urial)
+def validate_request(prompt: Prompt | Sequence[Prompt], *, params: dict[str, Any] | None = None,
+                     **kwargs: Any) -> Request:
+    """Runs every check :func:`generate` runs, without loading a model (the CLI calls it first).
+
+    ``params`` are the strategy's parameters (as ``**params`` of :func:`generate`); the other keyword
+    arguments are :func:`generate`'s. Returns the built request (its model is ``None``).
+    """
+    return Request.build(None, prompt, **kwargs, **dict(params or {}))

@@ -10,9 +10,11 @@ so guided decoding needs only next-token log-probs of the ARMs, never a rollout 
 text. Several ARMs with user weights give a multi-objective trade-off at decode time, and a small
 ARM can guide a larger base model that shares its tokenizer.
 
-Every model keeps its own KV cache: the policy over its prompt, each ARM over its own prompt (which
-differs when the ARM is prompted with an ``instruction``); all caches grow by the same committed
-token, so each step costs exactly one forward per model (``stats.forward_passes``: ``"policy"``,
+The ARM bonus is a logits processor (:class:`~shared_core.processors.GenArmBonusProcessor`) after the
+request's own (a repetition penalty applies to the base model's logits first). Every model keeps its
+own KV cache: the policy over its prompt, each ARM over its own prompt (which differs when the ARM is
+prompted with an ``instruction``); all caches grow by the same committed token, so each step costs
+exactly one forward per model (``stats.forward_passes``: ``"policy"``,
 ``"arm:0"``, ``"arm:1"``, ...). ARMs with alpha 0 are skipped entirely, so alpha 0 reproduces the base
 model's output exactly.
 
@@ -26,32 +28,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import torch
 from pydantic import Field
 
 from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
-from shared_core.decoding.sampling import SamplingParams, choose_tokens
-from shared_core.rewards.arm import collect_arms
+from shared_core.decoding.greedy import step_loop
+from shared_core.processors.base import LogitsProcessorList
+from shared_core.processors.guidance import GenArmBonusProcessor
+from shared_core.processors.sampling import SamplingParams
+from shared_core.rewards.arm import ArmTokenScorer, collect_arms
 
 
 class GenArmParams(SamplingParams):
     """GenARM's sampling settings: greedy by default; ``temperature`` applies to the combined scores."""
 
     temperature: float = Field(0.0, ge=0.0, description="0 = argmax of the combined scores; 1 = sample pi_decode")
-
-
-def combine_logprobs(base_logits: torch.Tensor, arm_logits: Sequence[torch.Tensor], alphas: Sequence[float],
-                     width: int) -> torch.Tensor:
-    """``log_softmax(base) + sum_i alpha_i * log_softmax(arm_i)`` over the first ``width`` columns.
-
-    With no ARMs, the base logits come back unchanged (so alpha 0 decodes exactly like greedy).
-    """
-    if not arm_logits:
-        return base_logits
-    scores = torch.log_softmax(base_logits[..., :width].float(), dim=-1)
-    for logits, alpha in zip(arm_logits, alphas):
-        scores = scores + alpha * torch.log_softmax(logits[..., :width].float(), dim=-1)
-    return scores
 
 
 def genarm_demo_rows() -> list[dict]:
@@ -108,22 +98,9 @@ class GenArmStrategy(Strategy):
             "alphas": {term.label: term.alpha for term in terms},
             "arm_prompt_tokens": {term.label: len(ids) for term, ids in zip(active, arm_prompts)},
         }
-        alphas = [term.alpha for term in active]
-
-        policy = job.runner()
-        runners = [job.runner(arm, term.label) for term, arm in zip(active, arms)]
-        logits, cache = job.prefill()
-        arm_states = [runner.prefill(ids) for runner, ids in zip(runners, arm_prompts)]
-        arm_logits = [state[0] for state in arm_states]
-        arm_caches = [state[1] for state in arm_states]
-        while True:
-            scores = combine_logprobs(logits, arm_logits, alphas, width)
-            token = int(choose_tokens(scores.unsqueeze(0), params, job.generator)[0])
-            yield (token,)
-            if job.finished:
-                return
-            step = torch.tensor([[token]], dtype=torch.long, device=policy.device)
-            logits = policy.step(cache, step)[0]
-            arm_logits = [
-                runner.step(arm_cache, step.to(runner.device))[0] for runner, arm_cache in zip(runners, arm_caches)
-            ]
+        states = [
+            (ArmTokenScorer(term.reward, arm, ids, job.stats, label=term.label, cancel=job.cancel), term.alpha)
+            for term, arm, ids in zip(active, arms, arm_prompts)
+        ]
+        bonus = LogitsProcessorList([GenArmBonusProcessor(states, width)])
+        return step_loop(job, params, extra=bonus)

@@ -1,4 +1,8 @@
-"""Plain decoding: greedy (argmax) and sampling (temperature, top-k, top-p, seed); batched over prompts."""
+"""Plain decoding: greedy (argmax) and sampling (temperature, top-k, top-p, seed); batched over prompts.
+
+Both run the request's logits processors (the repetition penalty, a JSON mask, a GenARM bonus) before
+choosing, one cached forward per token.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +10,36 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
-from shared_core.decoding.sampling import (
-    RepetitionParams,
-    SamplingParams,
-    choose_tokens,
-    penalize_repeats,
-    repetition_exemptions,
-)
+from shared_core.compute import exclusive_forward
+from shared_core.decoding.base import DecodeJob, NoParams, Strategy, register_strategy
+from shared_core.hf_compat import cache_argument, output_cache
+from shared_core.processors.base import LogitsProcessorList
+from shared_core.processors.sampling import SamplingParams, choose_tokens
+
+GREEDY = SamplingParams(temperature=0.0)
 
 
-class GreedyParams(RepetitionParams):
-    """Greedy decoding's only knob: an optional repetition penalty."""
-
-
-class SampleParams(SamplingParams, RepetitionParams):
-    """Sampling settings plus an optional repetition penalty."""
-
-
-def _step_loop(job: DecodeJob, params: SamplingParams, repetition: RepetitionParams) -> Iterator[Sequence[int]]:
+def step_loop(job: DecodeJob, params: SamplingParams,
+              extra: LogitsProcessorList | None = None) -> Iterator[Sequence[int]]:
+    """One token per cached forward: the job's processors (then ``extra``) before the choice."""
     runner = job.runner()
-    penalty = repetition.repetition_penalty
-    exempt = repetition_exemptions(repetition, lambda: job.model.layout_token_ids)
     logits, cache = job.prefill()
     while True:
-        logits = penalize_repeats(logits.unsqueeze(0), [job.committed], penalty, exempt)[0]
-        token = int(choose_tokens(logits.unsqueeze(0), params, job.generator)[0])
+        scores = job.process_one(job.committed, logits)
+        if extra:
+            scores = extra.one(job.committed, scores)
+        token = int(choose_tokens(scores.unsqueeze(0), params, job.generator)[0])
         yield (token,)
         if job.finished:
             return
         logits = runner.step(cache, torch.tensor([[token]], device=runner.device))[0]
 
 
-def _batch_loop(
-    jobs: Sequence[DecodeJob], params: SamplingParams, repetition: RepetitionParams
-) -> Iterator[list[Sequence[int]]]:
+def _batch_loop(jobs: Sequence[DecodeJob], params: SamplingParams) -> Iterator[list[Sequence[int]]]:
     """Left-padded batch decoding; rows that finish leave the batch so they cost nothing more."""
     lm = jobs[0].model
-    penalty = repetition.repetition_penalty
-    exempt = repetition_exemptions(repetition, lambda: lm.layout_token_ids)
     device = lm.device
+    cache_kw = cache_argument(lm.model)
     width = max(len(j.prompt_ids) for j in jobs)
     input_ids = torch.full((len(jobs), width), lm.pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros((len(jobs), width), dtype=torch.long, device=device)
@@ -54,15 +48,16 @@ def _batch_loop(
         mask[row, width - len(job.prompt_ids) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     for job in jobs:  # each row's stats count the batched forwards it took part in
-        job.stats.count_forward("policy")
-    with torch.inference_mode():
+        job.stats.count_forward("policy", tokens=len(job.prompt_ids))
+    jobs[0].check_cancelled()
+    with exclusive_forward(device):
         out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                        logits_to_keep=1)
-    logits, cache = out.logits[:, -1], out.past_key_values
+    logits, cache = out.logits[:, -1], output_cache(out)
     active = list(range(len(jobs)))
     next_pos = positions[:, -1] + 1
     while True:
-        logits = penalize_repeats(logits, [jobs[row].committed for row in active], penalty, exempt)
+        logits = jobs[0].process([jobs[row].committed for row in active], logits)
         if params.greedy:
             tokens = logits.argmax(-1)
         else:
@@ -83,10 +78,11 @@ def _batch_loop(
             active = [active[i] for i in keep]
         mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
         for row in active:
-            jobs[row].stats.count_forward("policy")
-        with torch.inference_mode():
+            jobs[row].stats.count_forward("policy", tokens=1)
+        jobs[0].check_cancelled()
+        with exclusive_forward(device):
             out = lm.model(input_ids=tokens.view(-1, 1), attention_mask=mask, position_ids=next_pos.view(-1, 1),
-                           past_key_values=cache, use_cache=True)
+                           use_cache=True, **{cache_kw: cache})
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
 
@@ -96,14 +92,14 @@ class GreedyStrategy(Strategy):
     """The most likely token at every step: the baseline every other strategy is measured against."""
 
     name = "greedy"
-    Params = GreedyParams
+    Params = NoParams
     description = "argmax decoding with a KV cache"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
-        return _step_loop(job, SamplingParams(temperature=0.0), job.params)
+        return step_loop(job, GREEDY)
 
     def decode_batch(self, jobs: Sequence[DecodeJob]) -> Iterator[list[Sequence[int]]]:
-        return _batch_loop(jobs, SamplingParams(temperature=0.0), jobs[0].params)
+        return _batch_loop(jobs, GREEDY)
 
 
 @register_strategy
@@ -111,11 +107,11 @@ class SampleStrategy(Strategy):
     """Ancestral sampling with temperature, top-k and top-p; reproducible with a seed."""
 
     name = "sample"
-    Params = SampleParams
+    Params = SamplingParams
     description = "sampling with temperature / top_k / top_p"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
-        return _step_loop(job, job.params, job.params)
+        return step_loop(job, job.params)
 
     def decode_batch(self, jobs: Sequence[DecodeJob]) -> Iterator[list[Sequence[int]]]:
-        return _batch_loop(jobs, jobs[0].params, jobs[0].params)
+        return _batch_loop(jobs, jobs[0].params)

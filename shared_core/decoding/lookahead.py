@@ -72,29 +72,8 @@ def ends_sentence(text: str) -> bool:
 
 
 def reward_target(reward: Reward | None) -> float | None:
-    """The score at which ``reward`` is fully satisfied, when it has one; ``None`` for open-ended rewards.
-
-    A reward can declare it as a ``max_score`` attribute. Known families: keyword coverage (1.0 with
-    required words, else 0.0), length budgets (0.0), weighted sums of rewards that all have one.
-    """
-    if reward is None:
-        return None
-    declared = getattr(reward, "max_score", None)
-    if isinstance(declared, (int, float)) and not isinstance(declared, bool):
-        return float(declared)
-    from shared_core.rewards.keywords import KeywordsReward
-    from shared_core.rewards.length import LengthReward
-    from shared_core.rewards.weighted import WeightedReward
-
-    if isinstance(reward, KeywordsReward):
-        return 1.0 if reward.words else 0.0
-    if isinstance(reward, LengthReward):
-        return 0.0
-    if isinstance(reward, WeightedReward):
-        parts = [(w, reward_target(r)) for w, r in reward.components if w != 0.0]
-        if all(t is not None for _, t in parts):
-            return sum(w * t for w, t in parts)  # type: ignore[operator]
-    return None
+    """The score at which ``reward`` is fully satisfied (its declared ``max_score``); ``None`` when open-ended."""
+    return None if reward is None else reward.max_score
 
 
 class DealParams(BaseModel):
@@ -181,9 +160,11 @@ class _Search:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def next_tokens(self, logits: torch.Tensor, *, no_ending: bool = False) -> list[_NextTokens]:
-        """The candidates after each row of ``logits`` (rows, vocab); optionally without ending tokens."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
+    def next_tokens(self, logits: torch.Tensor, generated: Sequence[Sequence[int]], *,
+                    no_ending: bool = False) -> list[_NextTokens]:
+        """The candidates after each row of ``logits`` (rows, vocab) that follow ``generated`` ids (the request's
+        logits processors run first); optionally without ending tokens."""
+        logprobs = torch.log_softmax(self.job.process(generated, logits).float(), dim=-1)
         k = min(self.params.top_k, logprobs.shape[-1])
         extra = 16 if no_ending else 0
         top = torch.topk(logprobs, min(k + extra, logprobs.shape[-1]), dim=-1)
@@ -251,7 +232,7 @@ class _Search:
             cache.batch_select_indices(torch.tensor([r.parent.row for r in running], device=self.device))
             for step in range(steps):
                 inputs = torch.tensor([[r.tokens[-1]] for r in running], device=self.device)
-                after = self.next_tokens(self.runner.step(cache, inputs))
+                after = self.next_tokens(self.runner.step(cache, inputs), [r.ids for r in running])
                 self.steps.append(after)
                 self.stats["rollout_tokens"] += len(running)
                 keep = []
@@ -351,7 +332,7 @@ class _Search:
         self.stats["repairs"] += 1
         if keep:
             logits = self.runner.step(cache, torch.tensor([keep], device=self.device))
-            nxt = self.next_tokens(logits, no_ending=True)[0]
+            nxt = self.next_tokens(logits, [winner.parent.tokens + keep], no_ending=True)[0]
         else:
             old = winner.parent.next
             mask = [not self.closes(t) for t in old.ids.tolist()]
@@ -364,7 +345,7 @@ class _Search:
 def _deal_loop(job: DecodeJob, params: DealParams) -> Iterator[Sequence[int]]:
     search = _Search(job, params)
     logits, cache = job.prefill()
-    live = [_Hypothesis([], 0, search.next_tokens(logits.unsqueeze(0))[0])]
+    live = [_Hypothesis([], 0, search.next_tokens(logits.unsqueeze(0), [[]])[0])]
     best_done: _Rollout | None = None
     emitted = 0
     while live:

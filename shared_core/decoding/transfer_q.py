@@ -30,9 +30,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
-from shared_core.decoding.sampling import SamplingParams, choose_tokens
+from shared_core.processors.sampling import SamplingParams, choose_tokens
 from shared_core.errors import ConfigError
-from shared_core.models import LocalModel, load_model
+from shared_core.models import LocalModel, load_model, resolve_model_source
 from shared_core.rewards.arm import check_model_name, check_shared_vocabulary, instructed_prompt
 
 
@@ -107,7 +107,10 @@ class TransferQStrategy(Strategy):
     def _baseline(self, job: DecodeJob, params: TransferQParams) -> tuple[LocalModel, list[int], int]:
         policy = job.model
         try:
-            baseline = load_model(params.baseline or "", device=policy.device, dtype=policy.dtype)
+            if resolve_model_source(params.baseline or "") == policy.source:
+                baseline = policy  # the policy is its own baseline: one model, one shared cache
+            else:
+                baseline = load_model(params.baseline or "", device=policy.device, dtype=policy.dtype)
         except (ConfigError, OSError) as exc:
             raise ConfigError("params.baseline", f"cannot load baseline {params.baseline!r}: {exc}") from exc
         width = check_shared_vocabulary(policy, baseline, "params.baseline", role="baseline")
@@ -143,6 +146,7 @@ class TransferQStrategy(Strategy):
                                          "shared_cache": shared, "rollouts": 0}
 
         while True:
+            logits = job.process_one(job.committed, logits)
             log_probs = torch.log_softmax(logits[:width].float(), dim=-1)
             k = min(params.k, width)
             cand_lp, cand = log_probs.topk(k)
@@ -162,7 +166,8 @@ class TransferQStrategy(Strategy):
                 after_candidate = step_logits
                 columns, lps, masks = [], [], []
                 for h in range(horizon):
-                    step_lp = torch.log_softmax(step_logits[:, :width].float(), dim=-1)
+                    generated = [committed + [int(cand[i])] + [int(col[i]) for col in columns] for i in range(k)]
+                    step_lp = torch.log_softmax(job.process(generated, step_logits)[:, :width].float(), dim=-1)
                     nxt = choose_tokens(step_lp, roll, job.generator)
                     columns.append(nxt)
                     lps.append(step_lp.gather(-1, nxt.view(k, 1)).squeeze(-1))

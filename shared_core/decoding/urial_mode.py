@@ -16,11 +16,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared_core.decoding.base import PrefixCache
-from shared_core.decoding.kv import ModelRunner
+from shared_core.backends.local import ModelRunner
 from shared_core.errors import ConfigError
 from shared_core.models import LocalModel
 from shared_core.result import GenerationStats
 from shared_core.urial import VARIANTS, UrialExample, check_fits, parse_urial_answer, preamble_text, urial_prompt
+
+__all__ = [
+    "PREFIX_CACHE_SIZE",
+    "UrialOptions",
+    "clear_prefix_cache",
+    "parse_urial_option",
+    "render_urial",
+    "urial_deltas",
+]
 
 PREFIX_CACHE_SIZE = 8
 

@@ -1,6 +1,7 @@
 """Reward families: one class per behaviour, all implementing :class:`Reward`.
 
-Build them directly in Python, or from a JSON spec with :func:`shared_core.specs.build_reward`.
+Build them directly in Python, or from a JSON spec with :func:`shared_core.build_reward`. Each
+family's module holds its spec class next to the reward.
 Importing this package does not import torch or transformers; model-backed rewards load on first use.
 """
 
@@ -11,7 +12,9 @@ from shared_core.rewards.classifier import ClassifierReward, ClassifierTokenScor
 from shared_core.rewards.keywords import KeywordsReward
 from shared_core.rewards.length import LengthReward
 from shared_core.rewards.safety import SafetyReward
-from shared_core.rewards.weighted import TextTokenScorer, WeightedReward, evaluate_reward
+from shared_core.rewards.weighted import TextTokenScorer, WeightedReward
+
+import shared_core.specs as _specs  # noqa: E402,F401  (resolves the weighted spec's reference to the spec union)
 
 __all__ = [
     "ArmReward",
@@ -25,5 +28,4 @@ __all__ = [
     "TextTokenScorer",
     "TokenScorer",
     "WeightedReward",
-    "evaluate_reward",
 ]

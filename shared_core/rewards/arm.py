@@ -22,20 +22,21 @@ weighted sum of ARM rewards is exactly the exponent GenARM decodes with.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field, field_validator
+
+from shared_core.compute import count_forward, exclusive_forward
 from shared_core.errors import ConfigError, DealError, ModelLoadError, RewardError
-from shared_core.rewards.base import Reward
+from shared_core.rewards.base import Reward, RewardSpecBase, validated_spec
 
 if TYPE_CHECKING:
     import torch
 
     from shared_core.models import LocalModel
     from shared_core.result import GenerationStats
-    from shared_core.specs import ArmSpec
 
 
 # --------------------------------------------------------------------------- prompts
@@ -150,6 +151,36 @@ def response_logprobs(
     return token_lp.sum(dim=-1)
 
 
+# --------------------------------------------------------------------------- the spec
+
+
+class ArmSpec(RewardSpecBase):
+    """``{"type": "arm", "model": ..., "weight": 1.0, "instruction": ...}`` (:class:`ArmReward`)."""
+
+    type: Literal["arm"] = "arm"
+    model: str = Field(min_length=1, description="Causal LM sharing the policy's tokenizer: alias, folder or hub id.")
+    weight: float = Field(1.0, description="GenARM's alpha: finite and >= 0.")
+    instruction: str | None = Field(None, min_length=1, description="Preference statement for a prompted ARM.")
+
+    @field_validator("weight")
+    @classmethod
+    def _valid_alpha(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"weight (alpha) must be a finite number >= 0, got {value!r}; to steer away from a "
+                             "behaviour, give the ARM an instruction that prefers the opposite")
+        return value
+
+    @field_validator("instruction")
+    @classmethod
+    def _real_instruction(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a non-empty string or None")
+        return value
+
+    def build(self) -> ArmReward:
+        return ArmReward(spec=self)
+
+
 # --------------------------------------------------------------------------- the reward
 
 
@@ -174,18 +205,16 @@ class ArmReward(Reward):
     """
 
     name = "arm"
+    guidance = "arm"
 
-    def __init__(self, model: str, weight: float = 1.0, instruction: str | None = None) -> None:
-        self.model = check_model_name("model", model)
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
-            raise ConfigError("weight", f"must be a finite number >= 0 (GenARM's alpha), got {weight!r}")
-        if weight < 0:
-            raise ConfigError("weight", f"must be >= 0, got {weight!r}; to steer away from a behaviour, give the "
-                                        "ARM an instruction that prefers the opposite")
-        if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
-            raise ConfigError("instruction", f"must be a non-empty string or None, got {instruction!r}")
-        self.weight = float(weight)
-        self.instruction = instruction.strip() if instruction is not None else None
+    def __init__(self, model: str | None = None, weight: float = 1.0, instruction: str | None = None, *,
+                 spec: ArmSpec | None = None) -> None:
+        if spec is None:
+            spec = validated_spec(ArmSpec, model=model, weight=weight, instruction=instruction)
+        self.spec: ArmSpec = spec
+        self.model = check_model_name("model", spec.model)
+        self.weight = spec.weight
+        self.instruction = spec.instruction.strip() if spec.instruction is not None else None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -221,14 +250,13 @@ class ArmReward(Reward):
     def log_likelihood(self, continuations: Sequence[str], *, prompt: str | Sequence[Mapping[str, Any]] = "",
                        batch_size: int = 8) -> list[float]:
         """``log pi_ARM(continuation | prompt)`` (unweighted) for each text, batched."""
-        import torch
-
         arm = self.load()
         prompt_ids = self.prompt_ids(arm, prompt)
         out: list[float] = []
         for start in range(0, len(continuations), batch_size):
             chunk = [arm.encode(text) for text in continuations[start : start + batch_size]]
-            with torch.inference_mode():
+            count_forward(f"arm:{self.model}", sum(len(prompt_ids) + len(ids) for ids in chunk))
+            with exclusive_forward(arm.device):
                 values = response_logprobs(arm.model, [prompt_ids] * len(chunk), chunk, pad_id=arm.pad_token_id)
             out.extend(float(v) for v in values)
         return out
@@ -260,13 +288,6 @@ class ArmReward(Reward):
         arm = self.load(model)
         return ArmTokenScorer(self, arm, list(prompt_ids), stats)
 
-    @property
-    def spec(self) -> ArmSpec:
-        """The serializable spec that rebuilds this reward."""
-        from shared_core.specs import ArmSpec
-
-        return ArmSpec(model=self.model, weight=self.weight, instruction=self.instruction)
-
 
 class ArmTokenScorer:
     """Rates candidate next tokens as ``weight * (log pi_ARM(prefix) + log pi_ARM(candidate | prefix))``.
@@ -278,12 +299,13 @@ class ArmTokenScorer:
     """
 
     def __init__(self, reward: ArmReward, arm: LocalModel, prompt_ids: list[int],
-                 stats: GenerationStats | None) -> None:
-        from shared_core.decoding.kv import ModelRunner
+                 stats: GenerationStats | None, *, label: str | None = None, cancel: Any = None) -> None:
+        from shared_core.backends.local import ModelRunner
         from shared_core.result import GenerationStats
 
         self._reward = reward
-        self._runner = ModelRunner(arm, stats if stats is not None else GenerationStats(), f"arm:{reward.model}")
+        self._runner = ModelRunner(arm, stats if stats is not None else GenerationStats(),
+                                   label or f"arm:{reward.model}", cancel=cancel)
         self._prompt_ids = prompt_ids
         self._cache: Any = None
         self._committed: list[int] = []
@@ -308,6 +330,12 @@ class ArmTokenScorer:
             self._total += float(logits[j - 1, new[j]])
         self._next_logprobs = logits[-1]
         self._committed = list(prefix)
+
+    def next_logprobs(self, prefix_ids: Sequence[int]) -> torch.Tensor:
+        """The ARM's next-token log-probs (vocab,) after its prompt and ``prefix_ids`` (one forward per new token)."""
+        self._advance([int(i) for i in prefix_ids])
+        assert self._next_logprobs is not None
+        return self._next_logprobs
 
     def score_candidates(self, prefix_ids: Sequence[int], candidate_ids: Sequence[int]) -> list[float]:
         try:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared_core.errors import ConfigError, RewardError
 from shared_core.rewards.base import Reward
+from shared_core.rewards.runtime import check_scores
+
+__all__ = [
+    "CallableReward",
+]
 
 
 def _accepts_prompt(fn: Callable[..., Any]) -> bool:
@@ -48,6 +51,9 @@ class CallableReward(Reward):
         [2.0, 4.0]
     """
 
+    guidance = "judge"
+    spec = None  # a Python function cannot be serialized to a JSON spec
+
     def __init__(self, fn: Callable[..., Sequence[float]], *, name: str | None = None) -> None:
         if not callable(fn):
             raise ConfigError("reward", f"expected a callable texts -> scores, got {type(fn).__name__}")
@@ -70,27 +76,4 @@ class CallableReward(Reward):
             result = self.fn(texts, prompt=prompt) if self._pass_prompt else self.fn(texts)
         except Exception as exc:
             raise RewardError(f"{self._context(texts)} raised {type(exc).__name__}: {exc}") from exc
-        try:
-            values = list(result)
-        except TypeError as exc:
-            raise RewardError(
-                f"{self._context(texts)} returned {type(result).__name__}; expected a list of {len(texts)} numbers"
-            ) from exc
-        if len(values) != len(texts):
-            raise RewardError(f"{self._context(texts)} returned {len(values)} score(s); expected one per text")
-        scores = []
-        for i, value in enumerate(values):
-            if hasattr(value, "item") and not isinstance(value, numbers.Number):  # numpy / torch scalars
-                try:
-                    value = value.item()
-                except (TypeError, ValueError):
-                    pass  # not a scalar: rejected below
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise RewardError(f"{self._context(texts)} returned {value!r} at index {i}; expected a finite number")
-            scores.append(float(value))
-        return scores
-
-    @property
-    def spec(self) -> None:
-        """Always ``None``: a Python function cannot be serialized to a JSON spec."""
-        return None
+        return check_scores(result, len(texts), self._context(texts))

@@ -8,15 +8,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from pydantic import Field, field_validator
+
+from shared_core.compute import count_forward, exclusive_forward
 from shared_core.errors import ConfigError, DealError, ModelLoadError, RewardError
-from shared_core.rewards.base import Reward
+from shared_core.hf_compat import CACHE_ARGUMENTS, cache_argument, forward_accepts, report_slow_path
+from shared_core.rewards.base import Reward, RewardSpecBase, validated_spec
+from shared_core.tokenization import encode_truncated, pad_right
+
+__all__ = [
+    "ClassifierReward",
+    "ClassifierSpec",
+    "ClassifierTokenScorer",
+    "causal_head",
+    "load_shared",
+    "resolve_source",
+    "same_vocabulary",
+]
 
 if TYPE_CHECKING:
     import torch
 
     from shared_core.models import LocalModel
     from shared_core.result import GenerationStats
-    from shared_core.specs import ClassifierSpec
 
 T = TypeVar("T")
 ClassifierOutput = Literal["logit", "probability"]
@@ -38,11 +52,15 @@ def resolve_source(field: str, name: str) -> str:
         raise ConfigError(field, str(exc).removeprefix("model: ")) from exc
 
 
-def load_shared(key: Any, factory: Callable[[], T]) -> T:
-    """``factory()`` once per process for ``key`` (the process-wide model cache), then the same object."""
+def load_shared(key: Any, factory: Callable[[], T], *, model: bool = True) -> T:
+    """``factory()`` once per process for ``key`` (the process-wide model cache), then the same object.
+
+    ``model=False`` marks a small derived value (a tokenizer, a fitted probe) that does not count
+    toward the cache's model limit.
+    """
     from shared_core.models import cached
 
-    return cached(key, factory)
+    return cached(key, factory, model=model)
 
 
 def _read_labels(source: str) -> list[str] | None:
@@ -88,15 +106,13 @@ def causal_head(classifier: Any) -> torch.nn.Module | None:
     be reused. Encoder classifiers (BERT and friends) pool a first token through other layers and
     cannot be scored incrementally.
     """
-    import inspect
-
     import torch
 
     head = getattr(classifier, "score", None)
     if not isinstance(head, torch.nn.Linear) or getattr(classifier.config, "is_encoder_decoder", False):
         return None
-    parameters = inspect.signature(classifier.base_model.forward).parameters
-    if "past_key_values" not in parameters or "position_ids" not in parameters:
+    base = classifier.base_model
+    if not any(forward_accepts(base, name) for name in CACHE_ARGUMENTS) or not forward_accepts(base, "position_ids"):
         return None
     return head
 
@@ -108,6 +124,36 @@ def same_vocabulary(a: Any, b: Any) -> bool:
 
 def _preview(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class ClassifierSpec(RewardSpecBase):
+    """``{"type": "classifier", "model": ..., "label": ...}``: one label of a sequence classifier (:class:`ClassifierReward`).
+
+    A spec cannot turn on ``trust_remote_code`` (specs come from files and requests): construct
+    :class:`ClassifierReward` in Python to opt in.
+    """
+
+    type: Literal["classifier"] = "classifier"
+    model: str = Field(min_length=1, description="Model folder, alias (e.g. 'smollm2') or hub id.")
+    label: str | int | None = Field(None, description="Label name or index; default: the last label.")
+    output: Literal["logit", "probability"] = "logit"
+    include_prompt: bool = True
+    max_length: int = Field(512, gt=0)
+    batch_size: int = Field(16, gt=0)
+    device: str = Field("auto", description="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' is bf16 on CUDA, fp32 on CPU; 'bfloat16' is about 2x faster on CPUs with bf16 units."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a model folder, alias or hub id")
+        return value
+
+    def build(self) -> ClassifierReward:
+        return ClassifierReward(spec=self)
 
 
 class ClassifierReward(Reward):
@@ -155,10 +201,11 @@ class ClassifierReward(Reward):
     """
 
     name = "classifier"
+    guidance = "token"
 
     def __init__(
         self,
-        model: str,
+        model: str | None = None,
         label: str | int | None = None,
         *,
         output: ClassifierOutput = "logit",
@@ -168,39 +215,47 @@ class ClassifierReward(Reward):
         device: str = "auto",
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        spec: ClassifierSpec | None = None,
     ) -> None:
         from shared_core.models import resolve_device, resolve_dtype
 
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError("model", f"must be a model folder, alias or hub id, got {model!r}")
-        if output not in ("logit", "probability"):
-            raise ConfigError("output", f"must be 'logit' or 'probability', got {output!r}")
-        for field, value in (("max_length", max_length), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(field, f"must be a positive integer, got {value!r}")
-        self.model = model
-        self.label = label
-        self.output: ClassifierOutput = output
-        self.include_prompt = bool(include_prompt)
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.trust_remote_code = bool(trust_remote_code)
-        self.torch_device = resolve_device(device)
-        self.torch_dtype = resolve_dtype(dtype, self.torch_device)
-        self.device = device
-        self.dtype = dtype if dtype == "auto" else str(self.torch_dtype).removeprefix("torch.")
-        self.source = resolve_source("model", model)
+        if spec is None:
+            spec = validated_spec(ClassifierSpec, model=model, label=label, output=output,
+                                  include_prompt=include_prompt, max_length=max_length, batch_size=batch_size,
+                                  device=device, dtype=dtype)
+        if not isinstance(trust_remote_code, bool):
+            raise ConfigError("trust_remote_code", f"must be True or False, got {trust_remote_code!r}")
+        # custom model code cannot be described by a spec, so such a reward has none to serialize
+        self.spec: ClassifierSpec | None = None if trust_remote_code else spec
+        self.model = spec.model
+        self.label = spec.label
+        self.output: ClassifierOutput = spec.output
+        self.include_prompt = spec.include_prompt
+        self.max_length = spec.max_length
+        self.batch_size = spec.batch_size
+        self.trust_remote_code = trust_remote_code
+        self.torch_device = resolve_device(spec.device)
+        self.torch_dtype = resolve_dtype(spec.dtype, self.torch_device)
+        self.device = spec.device
+        self.dtype = spec.dtype
+        self.source = resolve_source("model", spec.model)
         labels = _read_labels(self.source)
         # Labels of a hub model are known once it is loaded; a local folder's are checked now.
-        self.label_index: int | None = None if labels is None else _resolve_label(label, labels, model)
-        self.stats_name = f"classifier:{model}"
+        self.label_index: int | None = None if labels is None else _resolve_label(spec.label, labels, spec.model)
+        self.stats_name = f"classifier:{spec.model}"
+
+    @property
+    def max_score(self) -> float | None:
+        """1.0 for a probability; a logit is open-ended (``None``)."""
+        return 1.0 if self.output == "probability" else None
 
     # -- loading -------------------------------------------------------------------------------
 
     def load(self) -> tuple[Any, Any]:
         """The ``(classifier, tokenizer)`` pair, loaded once per process."""
         classifier, tokenizer = load_shared(
-            ("sequence-classifier", self.source, str(self.torch_device), str(self.torch_dtype), self.trust_remote_code),
+            ("sequence-classifier", self.source, str(self.torch_device), str(self.torch_dtype),
+             self.trust_remote_code, True),  # True: safetensors only, part of what was loaded
             self._load_uncached,
         )
         if self.label_index is None:
@@ -228,8 +283,6 @@ class ClassifierReward(Reward):
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if classifier.config.pad_token_id is None:
             classifier.config.pad_token_id = tokenizer.pad_token_id
-        tokenizer.padding_side = "right"
-        tokenizer.truncation_side = "left"
         return classifier, tokenizer
 
     # -- scoring -------------------------------------------------------------------------------
@@ -260,14 +313,10 @@ class ClassifierReward(Reward):
         scores: list[float] = []
         for start in range(0, len(sequences), self.batch_size):
             batch = [list(seq) or [fallback_id] for seq in sequences[start : start + self.batch_size]]
-            width = max(len(seq) for seq in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, seq in enumerate(batch):
-                input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                attention_mask[row, : len(seq)] = 1
+            input_ids, attention_mask = pad_right(batch, tokenizer.pad_token_id)
             input_ids, attention_mask = input_ids.to(self.torch_device), attention_mask.to(self.torch_device)
-            with torch.inference_mode():
+            count_forward(self.stats_name, sum(len(seq) for seq in batch))
+            with exclusive_forward(self.torch_device):
                 if head is not None:
                     # Pool the last real token ourselves: robust when the pad id also occurs in text.
                     hidden = classifier.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -284,8 +333,7 @@ class ClassifierReward(Reward):
             return []
         try:
             _, tokenizer = self.load()
-            encoded = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-            return self.score_ids(encoded)
+            return self.score_ids(encode_truncated(tokenizer, texts, self.max_length, keep="end"))
         except DealError:
             raise
         except Exception as exc:
@@ -303,26 +351,19 @@ class ClassifierReward(Reward):
             return None
         classifier, tokenizer = self.load()
         head = causal_head(classifier)
-        if head is None or not same_vocabulary(policy_tokenizer, tokenizer):
+        if head is None:
+            report_slow_path(stats, "classifier_incremental", (
+                f"classifier {self.model!r} ({type(classifier).__name__}) is not a decoder-only classifier whose "
+                "forward takes a KV cache and position ids, so every candidate text is re-read in full; a "
+                "decoder-only reward model (Llama, Qwen2, Gemma, ...) is scored incrementally"))
+            return None
+        if not same_vocabulary(policy_tokenizer, tokenizer):
+            report_slow_path(stats, "classifier_incremental", (
+                f"classifier {self.model!r} has another vocabulary than the policy model "
+                f"{getattr(model, 'name', '?')!r}, so candidates are decoded to text and re-read in full; a "
+                "classifier sharing the policy's tokenizer is scored incrementally"))
             return None
         return ClassifierTokenScorer(self, classifier, head, list(prompt_ids) if self.include_prompt else [], stats)
-
-    @property
-    def spec(self) -> ClassifierSpec:
-        """The serializable spec that rebuilds this reward."""
-        from shared_core.specs import ClassifierSpec
-
-        return ClassifierSpec(
-            model=self.model,
-            label=self.label,
-            output=self.output,
-            include_prompt=self.include_prompt,
-            max_length=self.max_length,
-            batch_size=self.batch_size,
-            device=self.device,
-            dtype=self.dtype,
-            trust_remote_code=self.trust_remote_code,
-        )
 
 
 class ClassifierTokenScorer:
@@ -388,13 +429,13 @@ class ClassifierTokenScorer:
             mask[0, 0, n:, past : past + n] = 0.0  # candidates see every new committed token
             mask[0, 0, n:, past + n :] = torch.full((k, k), blocked, dtype=dtype).fill_diagonal_(0.0)  # and themselves
             positions = list(range(past, past + n)) + [past + n] * k
-            with torch.inference_mode():
+            with exclusive_forward(device):
                 hidden = self._base(
                     input_ids=torch.tensor([new + candidates], dtype=torch.long, device=device),
                     attention_mask=mask.to(device),
                     position_ids=torch.tensor([positions], dtype=torch.long, device=device),
-                    past_key_values=self._cache,
                     use_cache=True,
+                    **{cache_argument(self._base): self._cache},
                 ).last_hidden_state
                 logits = self._head(hidden[0, n:])
             self._cache.crop(-k)
@@ -407,8 +448,7 @@ class ClassifierTokenScorer:
                 f"reward {self._reward.name!r} ({self._reward.model}) failed scoring {len(candidates)} "
                 f"candidate token(s) after {len(target)} token(s): {type(exc).__name__}: {exc}"
             ) from exc
-        if self._stats is not None:
-            self._stats.count_forward(self._reward.stats_name)
+        count_forward(self._reward.stats_name, n + k, stats=self._stats)
         scores = self._reward._to_scores(logits)
         if not all(math.isfinite(s) for s in scores):
             raise RewardError(f"reward {self._reward.name!r} produced a non-finite score: {scores}")

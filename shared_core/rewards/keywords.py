@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from shared_core.errors import ConfigError
-from shared_core.rewards.base import Reward
+from shared_core.rewards.base import Reward, RewardSpecBase, validated_spec
 
-if TYPE_CHECKING:
-    from shared_core.specs import KeywordsSpec
+__all__ = [
+    "KeywordsReward",
+    "KeywordsSpec",
+    "base_forms",
+]
 
 _WORD_RE = re.compile(r"[^\W_]+")
 _VOWELS = frozenset("aeiou")
@@ -31,14 +35,16 @@ def _undouble(stem: str) -> str | None:
     return None
 
 
-def base_forms(word: str) -> frozenset[str]:
+def base_forms(word: str, *, derived: bool = True) -> frozenset[str]:
     """Candidate base forms of one lower-cased word, by suffix stripping.
 
-    Covers the regular English inflections: plural/3rd person ``-s``/``-es``, ``-ed``, ``-ing``, ``-er``,
-    consonant doubling (chopped, running), ``y`` -> ``ies``/``ied``/``ier``, and a dropped final ``e``
-    (making, baked). Two words match when their sets of base forms intersect. Irregular forms
-    (ran/run, went/go) are not covered. Stems shorter than two letters are never produced, so
-    short words ("is", "bed", "sing") do not collapse onto unrelated ones.
+    Covers the regular English inflections: plural/3rd person ``-s``/``-es``, ``-ed``, ``-ing``,
+    consonant doubling (chopped, running), ``y`` -> ``ies``/``ied``, and a dropped final ``e`` (making,
+    baked). With ``derived`` (the default) also ``-er``/``-ier`` (bigger, painter -> paint), which
+    applies to words of a *text*: a required word keeps its ``-er``, since "painter" is not "paint".
+    Two words match when their sets of base forms intersect. Irregular forms (ran/run, went/go) are
+    not covered. Stems shorter than two letters are never produced, so short words ("is", "bed",
+    "sing") do not collapse onto unrelated ones.
 
     Example: ``base_forms("chopping") >= {"chop"}`` and ``base_forms("chops") >= {"chop"}``.
     """
@@ -49,13 +55,14 @@ def base_forms(word: str) -> frozenset[str]:
         if len(stem) >= 2:
             forms.add(stem)
 
-    if n > 4 and word.endswith(("ies", "ied", "ier")):
+    endings = ("ies", "ied", "ier") if derived else ("ies", "ied")
+    if n > 4 and word.endswith(endings):
         add(word[:-3] + "y")
     if n > 3 and word.endswith("es"):
         add(word[:-2])
     if n > 3 and word.endswith("s") and not word.endswith("ss"):
         add(word[:-1])
-    for suffix in ("ed", "er"):
+    for suffix in ("ed", "er") if derived else ("ed",):
         if n > len(suffix) + 1 and word.endswith(suffix):
             stem = word[: -len(suffix)]
             add(stem)
@@ -71,6 +78,33 @@ def base_forms(word: str) -> frozenset[str]:
         if single:
             add(single)  # running -> run
     return frozenset(forms)
+
+
+class KeywordsSpec(RewardSpecBase):
+    """``{"type": "keywords", "words": [...], "forbidden": [...], "forbidden_penalty": 1.0}`` (:class:`KeywordsReward`)."""
+
+    type: Literal["keywords"] = "keywords"
+    words: list[str] = Field(default_factory=list, description="Words the text should mention.")
+    forbidden: list[str] = Field(default_factory=list, description="Words the text must not mention.")
+    forbidden_penalty: float = Field(1.0, ge=0.0, allow_inf_nan=False,
+                                     description="Subtracted per distinct forbidden word present; >= 0.")
+
+    @field_validator("words", "forbidden")
+    @classmethod
+    def _real_words(cls, words: list[str]) -> list[str]:
+        for word in words:
+            if not _tokens(word):
+                raise ValueError(f"every entry must contain a letter or digit, got {word!r}")
+        return words
+
+    @model_validator(mode="after")
+    def _some_words(self) -> KeywordsSpec:
+        if not self.words and not self.forbidden:
+            raise ValueError("words: give at least one word in 'words' or 'forbidden'")
+        return self
+
+    def build(self) -> KeywordsReward:
+        return KeywordsReward(spec=self)
 
 
 class KeywordsReward(Reward):
@@ -96,6 +130,7 @@ class KeywordsReward(Reward):
     """
 
     name = "keywords"
+    guidance = "target"
 
     def __init__(
         self,
@@ -103,32 +138,28 @@ class KeywordsReward(Reward):
         forbidden: Sequence[str] = (),
         *,
         forbidden_penalty: float = 1.0,
+        spec: KeywordsSpec | None = None,
     ) -> None:
-        if isinstance(words, str) or isinstance(forbidden, str):
-            raise ConfigError("words", "expected a list of words, got a single string")
-        self.words = [self._validate_word("words", w) for w in words]
-        self.forbidden = [self._validate_word("forbidden", w) for w in forbidden]
-        if not self.words and not self.forbidden:
-            raise ConfigError("words", "give at least one required word or one forbidden word")
-        if not isinstance(forbidden_penalty, (int, float)) or not math.isfinite(forbidden_penalty):
-            raise ConfigError("forbidden_penalty", f"must be a finite number, got {forbidden_penalty!r}")
-        if forbidden_penalty < 0:
-            raise ConfigError("forbidden_penalty", f"must be >= 0, got {forbidden_penalty!r}")
-        self.forbidden_penalty = float(forbidden_penalty)
+        if spec is None:
+            if isinstance(words, str) or isinstance(forbidden, str):
+                raise ConfigError("words", "expected a list of words, got a single string")
+            spec = validated_spec(KeywordsSpec, words=list(words), forbidden=list(forbidden),
+                                  forbidden_penalty=forbidden_penalty)
+        self.spec: KeywordsSpec = spec
+        self.words = list(spec.words)
+        self.forbidden = list(spec.forbidden)
+        self.forbidden_penalty = spec.forbidden_penalty
         self._word_forms = [self._phrase_forms(w) for w in self.words]
         self._forbidden_forms = [self._phrase_forms(w) for w in self.forbidden]
 
-    @staticmethod
-    def _validate_word(field: str, word: str) -> str:
-        if not isinstance(word, str):
-            raise ConfigError(field, f"every entry must be a string, got {word!r}")
-        if not _tokens(word):
-            raise ConfigError(field, f"every entry must contain a letter or digit, got {word!r}")
-        return word
+    @property
+    def max_score(self) -> float:
+        """1.0 with required words (all mentioned, nothing forbidden), else 0.0."""
+        return 1.0 if self.words else 0.0
 
     @staticmethod
     def _phrase_forms(phrase: str) -> list[frozenset[str]]:
-        return [base_forms(token) for token in _tokens(phrase)]
+        return [base_forms(token, derived=False) for token in _tokens(phrase)]
 
     @staticmethod
     def _contains(text_forms: list[frozenset[str]], phrase_forms: list[frozenset[str]]) -> bool:
@@ -156,10 +187,3 @@ class KeywordsReward(Reward):
             coverage = len(found) / len(self.words) if self.words else 0.0
             scores.append(coverage - self.forbidden_penalty * len(set(bad)))
         return scores
-
-    @property
-    def spec(self) -> KeywordsSpec:
-        """The serializable spec that rebuilds this reward."""
-        from shared_core.specs import KeywordsSpec
-
-        return KeywordsSpec(words=self.words, forbidden=self.forbidden, forbidden_penalty=self.forbidden_penalty)

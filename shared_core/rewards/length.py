@@ -5,16 +5,59 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field, model_validator
+
 from shared_core.errors import ConfigError
-from shared_core.rewards.base import Reward
+from shared_core.rewards.base import Reward, RewardSpecBase, validated_spec
+
+__all__ = [
+    "LengthReward",
+    "LengthSpec",
+    "LengthUnit",
+]
 
 if TYPE_CHECKING:
     from shared_core.models import LocalModel
     from shared_core.result import GenerationStats
-    from shared_core.specs import LengthSpec
 
 LengthUnit = Literal["words", "tokens"]
 DEFAULT_TOKENIZER = "smollm2"
+
+
+class LengthSpec(RewardSpecBase):
+    """A length budget in words or in tokens (:class:`LengthReward`).
+
+    Give ``min_words``/``max_words`` to count whitespace-separated words, or ``min_tokens``/
+    ``max_tokens`` to count tokens of ``tokenizer`` (default the embedded chat model's); not both
+    units at once. Each bound is optional, but at least one is required.
+    """
+
+    type: Literal["length"] = "length"
+    min_words: int | None = Field(None, ge=0)
+    max_words: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
+    tokenizer: str | None = Field(None, min_length=1, description="Tokenizer for token counts (alias or folder).")
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> LengthSpec:
+        words = self.min_words is not None or self.max_words is not None
+        tokens = self.min_tokens is not None or self.max_tokens is not None
+        if words and tokens:
+            raise ValueError("max_tokens: use either min_words/max_words or min_tokens/max_tokens, not both")
+        if not words and not tokens:
+            raise ValueError("max_words: give at least one of min_words, max_words, min_tokens, max_tokens")
+        if self.tokenizer is not None and not tokens:
+            raise ValueError("tokenizer: only applies to min_tokens/max_tokens")
+        low, high, unit = (
+            (self.min_tokens, self.max_tokens, "tokens") if tokens else (self.min_words, self.max_words, "words")
+        )
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_{unit}: min_{unit} ({low}) must be <= max_{unit} ({high})")
+        return self
+
+    def build(self) -> LengthReward:
+        return LengthReward(spec=self)
 
 
 class LengthReward(Reward):
@@ -46,6 +89,7 @@ class LengthReward(Reward):
     """
 
     name = "length"
+    guidance = "target"
 
     def __init__(
         self,
@@ -54,27 +98,30 @@ class LengthReward(Reward):
         *,
         unit: LengthUnit = "words",
         tokenizer: str | None = None,
+        spec: LengthSpec | None = None,
     ) -> None:
-        prefix = "min_tokens" if unit == "tokens" else "min_words"
-        for field, value in ((prefix, min_length), (prefix.replace("min", "max"), max_length)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ConfigError(field, f"must be a non-negative integer, got {value!r}")
-        if min_length is None and max_length is None:
-            raise ConfigError(prefix.replace("min", "max"), "give a minimum, a maximum or both")
-        if min_length is not None and max_length is not None and min_length > max_length:
-            raise ConfigError(prefix, f"must be <= the maximum ({max_length}), got {min_length}")
-        if unit not in ("words", "tokens"):
-            raise ConfigError("unit", f"must be 'words' or 'tokens', got {unit!r}")
-        if tokenizer is not None and (not isinstance(tokenizer, str) or not tokenizer.strip()):
-            raise ConfigError("tokenizer", f"must be a model alias or folder, got {tokenizer!r}")
-        self.min_length = min_length
-        self.max_length = max_length
-        self.unit: LengthUnit = unit
-        self.tokenizer = tokenizer
-        if tokenizer is not None:
+        if spec is None:
+            if unit not in ("words", "tokens"):
+                raise ConfigError("unit", f"must be 'words' or 'tokens', got {unit!r}")
+            if tokenizer is not None and unit == "words":
+                raise ConfigError("tokenizer", "only applies to unit='tokens'")
+            spec = validated_spec(LengthSpec, **{f"min_{unit}": min_length, f"max_{unit}": max_length},
+                                  tokenizer=tokenizer)
+        self.spec: LengthSpec = spec
+        tokens = spec.min_tokens is not None or spec.max_tokens is not None
+        self.unit: LengthUnit = "tokens" if tokens else "words"
+        self.min_length = spec.min_tokens if tokens else spec.min_words
+        self.max_length = spec.max_tokens if tokens else spec.max_words
+        self.tokenizer = spec.tokenizer
+        if self.tokenizer is not None:
             from shared_core.rewards.classifier import resolve_source
 
-            resolve_source("tokenizer", tokenizer)  # fail now on a missing folder, not mid-generation
+            resolve_source("tokenizer", self.tokenizer)  # fail now on a missing folder, not mid-generation
+
+    @property
+    def max_score(self) -> float:
+        """0.0: within the budget."""
+        return 0.0
 
     def penalty(self, n: int) -> float:
         """The score of a text that is ``n`` units long."""
@@ -100,7 +147,7 @@ class LengthReward(Reward):
 
             return AutoTokenizer.from_pretrained(str(source))
 
-        return load_shared(("tokenizer", str(source)), factory)
+        return load_shared(("tokenizer", str(source)), factory, model=False)
 
     def score(self, continuations: Sequence[str], *, prompt: str = "") -> list[float]:
         return [self.penalty(self.count(text)) for text in continuations]
@@ -112,15 +159,6 @@ class LengthReward(Reward):
         if self.unit != "tokens":
             return None
         return _TokenLengthScorer(self)
-
-    @property
-    def spec(self) -> LengthSpec:
-        """The serializable spec that rebuilds this reward."""
-        from shared_core.specs import LengthSpec
-
-        if self.unit == "tokens":
-            return LengthSpec(min_tokens=self.min_length, max_tokens=self.max_length, tokenizer=self.tokenizer)
-        return LengthSpec(min_words=self.min_length, max_words=self.max_length)
 
 
 class _TokenLengthScorer:

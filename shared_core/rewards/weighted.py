@@ -5,29 +5,24 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared_core.errors import ConfigError
 from shared_core.result import RewardScore
-from shared_core.rewards.base import Reward, TokenScorer
+from shared_core.rewards.base import Guidance, Reward, RewardSpecBase, TokenScorer
+
+__all__ = [
+    "TextTokenScorer",
+    "WeightedComponent",
+    "WeightedReward",
+    "WeightedSpec",
+]
 
 if TYPE_CHECKING:
     from shared_core.models import LocalModel
     from shared_core.result import GenerationStats
-    from shared_core.specs import WeightedSpec
-
-
-def evaluate_reward(reward: Reward, continuation: str, *, prompt: str = "") -> RewardScore:
-    """A reward's verdict on one text: the total and its components, each component scored once.
-
-    Use this to fill :attr:`GenerationResult.reward`. A :class:`WeightedReward` reports every
-    component's own (unweighted) score and the weighted total; any other reward reports its score
-    as the total and as its single component.
-    """
-    if isinstance(reward, WeightedReward):
-        return reward.evaluate(continuation, prompt=prompt)
-    total = reward.score([continuation], prompt=prompt)[0]
-    return RewardScore(total=total, components={reward.name: total})
 
 
 class TextTokenScorer:
@@ -47,6 +42,35 @@ class TextTokenScorer:
         prefix = [int(i) for i in prefix_ids]
         texts = [self.tokenizer.decode(prefix + [int(c)], skip_special_tokens=True) for c in candidate_ids]
         return self.reward.score(texts, prompt=self.prompt) if texts else []
+
+
+class WeightedComponent(BaseModel):
+    """One term of a weighted reward spec: ``{"weight": 0.5, "reward": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    weight: float = Field(description="Finite and >= 0.")
+    reward: RewardSpec  # noqa: F821  (the union of every reward spec; resolved by shared_core.specs)
+
+    @field_validator("weight")
+    @classmethod
+    def _valid_weight(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"weight must be a finite number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"weight must be >= 0, got {value!r} (use a reward that scores the unwanted "
+                             "behaviour negatively)")
+        return value
+
+
+class WeightedSpec(RewardSpecBase):
+    """``{"type": "weighted", "components": [{"weight": w, "reward": spec}, ...]}`` (:class:`WeightedReward`)."""
+
+    type: Literal["weighted"] = "weighted"
+    components: list[WeightedComponent] = Field(min_length=1)
+
+    def build(self) -> WeightedReward:
+        return WeightedReward([(c.weight, c.reward.build()) for c in self.components], spec=self)
 
 
 class WeightedReward(Reward):
@@ -71,7 +95,7 @@ class WeightedReward(Reward):
 
     name = "weighted"
 
-    def __init__(self, components: Sequence[tuple[float, Reward]]) -> None:
+    def __init__(self, components: Sequence[tuple[float, Reward]], *, spec: WeightedSpec | None = None) -> None:
         pairs = list(components)
         if not pairs:
             raise ConfigError("components", "give at least one (weight, reward) pair")
@@ -94,6 +118,38 @@ class WeightedReward(Reward):
             seen[reward.name] = seen.get(reward.name, 0) + 1
             self.names.append(reward.name if seen[reward.name] == 1 else f"{reward.name}#{seen[reward.name]}")
             self.components.append((float(weight), reward))
+        if spec is None:
+            specs = [reward.spec for _, reward in self.components]
+            if all(part is not None for part in specs):  # a callable component has none
+                spec = WeightedSpec(components=[WeightedComponent(weight=w, reward=part)
+                                                for (w, _), part in zip(self.components, specs)])
+        self.spec: WeightedSpec | None = spec
+
+    @property
+    def active(self) -> list[tuple[float, Reward]]:
+        """The components that count toward the total (weight above 0)."""
+        return [(weight, reward) for weight, reward in self.components if weight != 0.0]
+
+    @property
+    def max_score(self) -> float | None:
+        """``sum(weight * max_score)`` when every counted component has a maximum; else ``None``."""
+        maxima = [(weight, reward.max_score) for weight, reward in self.active]
+        if any(top is None for _, top in maxima):
+            return None
+        return sum(weight * top for weight, top in maxima)  # type: ignore[operator]
+
+    @property
+    def guidance(self) -> Guidance:  # type: ignore[override]
+        """``"arm"`` when every counted component is an ARM; else ``"target"`` if any component has a
+        target (lookahead search scores the others on the same rollouts), else ``"token"`` if any rates
+        tokens, else ``"judge"``."""
+        kinds = {reward.guidance for _, reward in self.active} or {"judge"}
+        if kinds == {"arm"}:
+            return "arm"
+        for kind in ("target", "token"):
+            if kind in kinds:
+                return kind  # type: ignore[return-value]
+        return "judge"
 
     def score(self, continuations: Sequence[str], *, prompt: str = "") -> list[float]:
         totals = [0.0] * len(continuations)
@@ -137,18 +193,6 @@ class WeightedReward(Reward):
             for (weight, reward), scorer in zip(active, scorers)
         ]
         return _WeightedTokenScorer(parts)
-
-    @property
-    def spec(self) -> WeightedSpec | None:
-        """The serializable spec that rebuilds this reward; ``None`` if a component has none (a callable)."""
-        from shared_core.specs import WeightedComponent, WeightedSpec
-
-        specs = [getattr(reward, "spec", None) for _, reward in self.components]
-        if any(spec is None for spec in specs):
-            return None
-        return WeightedSpec(
-            components=[WeightedComponent(weight=w, reward=s) for (w, _), s in zip(self.components, specs)]
-        )
 
 
 class _WeightedTokenScorer:

@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field
 
 from shared_core import generate
 from shared_core.errors import ConfigError
+from shared_core.decoding.tool_call import forced_call_params
 from shared_core.tools import (
     TOOL_CALL_OPEN,
-    forced_call_params,
     normalize_tools,
     parse_tool_calls,
     prepare_tool_prompt,
@@ -235,7 +235,7 @@ def test_forced_call_params_validation_runs_before_model_work() -> None:
 def test_non_local_ref_is_a_clear_error(tiny_lc) -> None:
     bad = copy.deepcopy(ADD)
     bad["function"]["parameters"]["properties"]["a"] = {"$ref": "http://example.com/schema"}
-    with pytest.raises(ConfigError, match=r"schema\.\$ref: only local references"):
+    with pytest.raises(ConfigError, match=r"tools\[0\]\.parameters\.properties\.a\.\$ref: only local references"):
         _forced(tiny_lc, [bad], "add")
 
 

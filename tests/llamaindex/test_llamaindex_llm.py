@@ -16,7 +16,7 @@ from llamaindex_deal import DeAL
 from llamaindex_deal._utils import to_engine_messages
 from shared_core import models
 from shared_core.errors import ConfigError
-from shared_core.specs import build_reward
+from shared_core.policies import build_reward
 
 if TYPE_CHECKING:
     from conftest import PolicyNames
@@ -40,12 +40,14 @@ def test_metadata_describes_the_model(tiny_model_dir: str) -> None:
 def test_complete_reports_reward_strategy_and_stats(policies: PolicyNames, tiny_llm: Callable[..., DeAL]) -> None:
     response = tiny_llm(policy=policies.sun).complete("Where does basil grow best?")
     report = response.additional_kwargs
-    assert report["policy"] == policies.sun and report["strategy"] == "args"  # a reward steers by default
+    # a keyword reward steers by default, with the strategy that moves it (lookahead search)
+    assert report["policy"] == policies.sun and report["strategy"] == "deal" and report["chosen_by"] == "reward"
     assert report["reward"]["total"] == pytest.approx(
         _score(policies.sun_spec, response.text, "Where does basil grow best?"))
-    assert report["stats"]["new_tokens"] == 8 and report["stats"]["forward_passes"]["policy"] == 8
+    new = report["stats"]["new_tokens"]
+    assert 0 < new <= 8 and report["stats"]["forward_passes"]["policy"] > new  # the lookahead's rollouts
     assert response.raw["text"] == response.text
-    assert response.raw["usage"]["completion_tokens"] == 8
+    assert response.raw["usage"]["completion_tokens"] == new
 
 
 def test_per_call_policy_overrides_the_instance_default(policies: PolicyNames, tiny_llm: Callable[..., DeAL]) -> None:
@@ -75,18 +77,20 @@ def test_policy_dicts_can_pick_a_strategy_and_its_params(policies: PolicyNames, 
 
 
 def test_a_reward_steers_decoding_unless_its_weight_is_zero(tiny_llm: Callable[..., DeAL]) -> None:
-    """The default reward-guided strategy moves the answer towards the reward; weight 0 is plain greedy."""
+    """A reward steers by default (a Python function is a whole-text judge: best-of-n); ARGS with weight 0 is greedy."""
 
     def letters(texts: list[str]) -> list[float]:
         return [float(sum(c.isalpha() for c in t)) for t in texts]
 
     llm = tiny_llm(max_new_tokens=6, reward=letters)
     greedy = llm.complete("Tell me about basil.", strategy="greedy")
-    steered = llm.complete("Tell me about basil.")
-    unweighted = llm.complete("Tell me about basil.", weight=0.0)
-    assert steered.additional_kwargs["strategy"] == "args"
+    steered = llm.complete("Tell me about basil.", seed=0)
+    args = llm.complete("Tell me about basil.", strategy="args")
+    unweighted = llm.complete("Tell me about basil.", strategy="args", weight=0.0)
+    assert steered.additional_kwargs["strategy"] == "best_of_n"
     assert steered.additional_kwargs["reward"]["total"] > greedy.additional_kwargs["reward"]["total"]
-    assert unweighted.text == greedy.text != steered.text
+    assert args.additional_kwargs["reward"]["total"] > greedy.additional_kwargs["reward"]["total"]
+    assert unweighted.text == greedy.text != args.text
 
 
 def test_with_policy_copies_the_llm_for_one_engine(policies: PolicyNames, tiny_llm: Callable[..., DeAL]) -> None:

@@ -10,7 +10,7 @@ from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 
 from llamaindex_deal import DeAL, MiniLMEmbedding
-from shared_core.specs import build_reward
+from shared_core.policies import build_reward
 
 if TYPE_CHECKING:
     from conftest import PolicyNames

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shared_core.decoding.kv import ModelRunner
+from shared_core.backends.local import ModelRunner
 from shared_core.models import LocalModel
 from shared_core.result import GenerationStats
 

@@ -1,4 +1,4 @@
-"""Forward passes with a KV cache, counted per model.
+"""The in-process transformers backend: forward passes with a KV cache, counted per model.
 
 Strategies never re-encode what is cached: the prompt is prefilled once, then each step feeds only new
 tokens. ``score_candidates`` evaluates k candidate next tokens in one forward over a single row with a
@@ -13,25 +13,38 @@ from typing import Any
 
 import torch
 
+from shared_core.cancel import CancelToken
+from shared_core.compute import exclusive_forward
+from shared_core.hf_compat import cache_argument, output_cache
 from shared_core.models import LocalModel
 from shared_core.result import GenerationStats
 
+__all__ = ["ModelRunner", "tree_mask"]
+
 
 class ModelRunner:
-    """Runs one model's forward passes and counts them in ``stats.forward_passes[label]``."""
+    """Runs one model's forward passes and counts them in ``stats.forward_passes[label]``.
 
-    def __init__(self, lm: LocalModel, stats: GenerationStats, label: str = "policy") -> None:
+    Every forward holds the device's lock (see :mod:`shared_core.compute`) and first checks the
+    call's cancel token, so a cancelled generation stops before its next step.
+    """
+
+    def __init__(self, lm: LocalModel, stats: GenerationStats, label: str = "policy",
+                 cancel: CancelToken | None = None) -> None:
         self.lm = lm
         self.stats = stats
         self.label = label
+        self.cancel = cancel
 
     @property
     def device(self) -> torch.device:
         return self.lm.device
 
     def _forward(self, **kwargs: Any) -> Any:
-        self.stats.count_forward(self.label)
-        with torch.inference_mode():
+        if self.cancel is not None:
+            self.cancel.check()
+        self.stats.count_forward(self.label, tokens=int(kwargs["input_ids"].numel()))
+        with exclusive_forward(self.lm.device):
             return self.lm.model(use_cache=True, **kwargs)
 
     def prefill(self, ids: Sequence[int], cache: Any = None) -> tuple[torch.Tensor, Any]:
@@ -39,9 +52,9 @@ class ModelRunner:
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {"input_ids": input_ids, "logits_to_keep": 1}
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs[cache_argument(self.lm.model)] = cache
         out = self._forward(**kwargs)
-        return out.logits[0, -1], out.past_key_values
+        return out.logits[0, -1], output_cache(out)
 
     def step(
         self,
@@ -53,7 +66,7 @@ class ModelRunner:
         all_positions: bool = False,
     ) -> torch.Tensor:
         """Feeds ``input_ids`` (rows, new) after ``cache``; returns logits (rows, vocab), or (rows, new, vocab)."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "past_key_values": cache}
+        kwargs: dict[str, Any] = {"input_ids": input_ids, cache_argument(self.lm.model): cache}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         if position_ids is not None:

@@ -1,0 +1,1 @@
+"""Where tokens come from: the in-process transformers model (``local``) and, later, remote engines."""
