@@ -28,8 +28,8 @@ import torch
 
 from shared_core import generate, load_model
 from shared_core.models import LocalModel
-from shared_core.rewards.arm import instructed_prompt
 from shared_core.policies import build_reward
+from shared_core.rewards.arm import instructed_prompt
 
 PROMPT = "Give me two tips for staying safe online."
 ARM_INSTRUCTION = "Answer in a warm, encouraging tone."

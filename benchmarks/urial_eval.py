@@ -1,7 +1,8 @@
 """URIAL on the embedded base model: clean, self-terminating answers on 20 prompts, and the preamble cache.
 
-Usage: .venv/bin/python benchmarks/urial_eval.py [--model gemma3-270m] [--max-new-tokens 256]
-Writes benchmarks/results/urial_eval_rp<penalty>.json with, per prompt, the URIAL answer and the plain
+Usage: .venv/bin/python benchmarks/urial_eval.py [--model gemma3-270m] [--max-new-tokens 256] [--repetition-penalty P]
+Writes benchmarks/results/urial_eval_defaults.json (each path at its default settings, the out-of-the-box
+case) or urial_eval_rp<P>.json with, per prompt, the URIAL answer and the plain
 (no URIAL) continuation, and the summary: share of non-empty outputs, share free of format debris,
 share that stopped by itself before the token budget, and the preamble-cache timing (prompt
 processing of a second call as a ratio of the first call's, medians over several queries).
@@ -62,8 +63,9 @@ def main() -> None:
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--cache-runs", type=int, default=3)
-    parser.add_argument("--repetition-penalty", type=float, default=1.2,
-                        help="base models loop without one; applied to generated tokens only")
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help="applied to generated tokens only; default: each path's own default (1.2 with "
+                             "URIAL, 1.0 without), the out-of-the-box settings")
     parser.add_argument("--penalize-layout", action="store_true",
                         help="penalize newline and backtick tokens too (the default leaves them alone)")
     args = parser.parse_args()
@@ -73,7 +75,9 @@ def main() -> None:
     started = time.perf_counter()
     rows = []
     for prompt in prompts:
-        penalty = {"repetition_penalty": args.repetition_penalty, "penalize_layout": args.penalize_layout}
+        penalty: dict = {"penalize_layout": args.penalize_layout}
+        if args.repetition_penalty is not None:
+            penalty["repetition_penalty"] = args.repetition_penalty
         aligned = generate(lm, prompt, urial=True, max_new_tokens=args.max_new_tokens, **penalty)
         plain = generate(lm, prompt, max_new_tokens=args.max_new_tokens, **penalty)
         rows.append({
@@ -98,7 +102,7 @@ def main() -> None:
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "model": args.model,
         "max_new_tokens": args.max_new_tokens,
-        "repetition_penalty": args.repetition_penalty,
+        "repetition_penalty": args.repetition_penalty or "defaults (URIAL 1.2, plain 1.0)",
         "penalize_layout": args.penalize_layout,
         "prompts": n,
         "summary": summary,
@@ -107,7 +111,8 @@ def main() -> None:
         "rows": rows,
     }
     suffix = "_penalize_layout" if args.penalize_layout else ""
-    out = HERE / "results" / f"urial_eval_rp{args.repetition_penalty}{suffix}.json"
+    setting = "defaults" if args.repetition_penalty is None else f"rp{args.repetition_penalty}"
+    out = HERE / "results" / f"urial_eval_{setting}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))

@@ -28,8 +28,8 @@ from langchain_core.messages import (
 from pydantic import BaseModel, Field, model_validator
 
 from shared_core.cancel import CancelToken
-from shared_core.errors import ConfigError
 from shared_core.decoding import get_strategy
+from shared_core.errors import ConfigError
 from shared_core.request import DEFAULT_MAX_NEW_TOKENS, Plan, Request, plan, report
 from shared_core.result import GenerationResult
 from shared_core.tools import ToolChoice, normalize_tools, resolve_tool_choice

@@ -32,6 +32,7 @@ from shared_core.models import load_model
 from shared_core.request import Plan
 from shared_core.tools import (
     ParsedOutput,
+    check_tool_schemas,
     normalize_tools,
     parse_tool_calls,
     prepare_tool_prompt,
@@ -56,7 +57,8 @@ class ChatDeAL(DeALSettings, BaseChatModel):
     Key init args — decoding:
         model: embedded alias (``"smollm2"``), model folder, ``.gguf`` file or hub id.
         strategy: a registered decoding strategy (``shared_core.list_strategies()``); default: the
-            policy's, else a reward-guided one when a reward is set, else greedy (``"sample"`` when
+            policy's, else the one that moves the reward when a reward is set (``deal`` for keywords and
+            length budgets, ``args`` for a classifier, ``best_of_n`` for safety), else greedy (``"sample"`` when
             ``temperature > 0``).
         reward: a reward spec (dict or JSON, e.g. ``{"type": "keywords", "words": ["refund"]}``), a
             registered policy name, a ``Reward`` or a function ``texts -> scores``.
@@ -139,7 +141,9 @@ class ChatDeAL(DeALSettings, BaseChatModel):
                 some tool), or a tool name / ``{"type": "function", "function": {"name": ...}}``.
 
         Raises:
-            ConfigError: a tool that cannot be converted, or an unknown ``tool_choice``.
+            ConfigError: a tool that cannot be converted, an unknown ``tool_choice``, or, when a call is
+                forced, a schema keyword the constrained decoder cannot enforce (see
+                ``shared_core.tools.schema``; offered tools are shown to the model in full).
         """
         formatted: list[dict[str, Any]] = []
         for i, tool in enumerate(tools):
@@ -152,7 +156,9 @@ class ChatDeAL(DeALSettings, BaseChatModel):
                     "a function with type hints and a docstring, a pydantic model, a TypedDict or an OpenAI tool dict",
                 ) from exc
         normalized = normalize_tools(formatted)
-        resolve_tool_choice(tool_choice, normalized)
+        choice = resolve_tool_choice(tool_choice, normalized)
+        if choice.forced:  # a forced call is decoded to the schema: check now that every keyword can be enforced
+            check_tool_schemas([t for t in normalized if t["function"]["name"] in choice.names])
         return super().bind(tools=normalized, tool_choice=tool_choice, **kwargs)
 
     # ------------------------------------------------------------------ generation

@@ -35,6 +35,14 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
+from llamaindex_deal import _tracking
+from llamaindex_deal._utils import (
+    DecodeSettings,
+    model_facts,
+    plan_call,
+    raw_payload,
+    to_engine_messages,
+)
 from shared_core.cancel import CancelToken
 from shared_core.decoding import GenerationStream, run
 from shared_core.decoding.tool_call import forced_call_params
@@ -49,15 +57,6 @@ from shared_core.tools import (
     prepare_tool_prompt,
     resolve_tool_choice,
     streamable_length,
-)
-
-from llamaindex_deal import _tracking
-from llamaindex_deal._utils import (
-    DecodeSettings,
-    model_facts,
-    plan_call,
-    raw_payload,
-    to_engine_messages,
 )
 
 if TYPE_CHECKING:
@@ -75,7 +74,8 @@ class DeAL(FunctionCallingLLM, CustomLLM):
             file, or a hub id. Weights load once per process, on first use.
         max_new_tokens: the most tokens per answer.
         strategy: a decoding strategy (``shared_core.list_strategies()``); default: the policy's, else a
-            reward-guided one (``"args"``) when a reward is set, else ``"greedy"``. With ``"greedy"`` a
+            reward-guided one when a reward is set (the one that moves it: ``deal`` for keywords and length
+            budgets, ``args`` for a classifier, ``best_of_n`` for safety), else ``"greedy"``. With ``"greedy"`` a
             reward is only measured and reported.
         reward: what to steer towards: a reward spec (dict or JSON), a policy name, a function
             ``texts -> scores`` or a ``Reward``.

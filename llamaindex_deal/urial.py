@@ -34,12 +34,11 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.llm import LLM
 
-from shared_core.errors import ConfigError
-from shared_core.rewards.runtime import score_texts
-from shared_core.policies import build_reward
-from shared_core.urial import URIAL_STOP_STRINGS, parse_urial_answer, preamble_text, urial_chat_messages, urial_prompt
-
 from llamaindex_deal._utils import to_engine_messages
+from shared_core.errors import ConfigError
+from shared_core.policies import build_reward
+from shared_core.rewards.runtime import score_texts
+from shared_core.urial import URIAL_STOP_STRINGS, parse_urial_answer, preamble_text, urial_chat_messages, urial_prompt
 
 Mode = Literal["auto", "text", "chat"]
 

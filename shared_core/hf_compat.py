@@ -27,23 +27,24 @@ __all__ = [
 #: The names a model's ``forward`` may give its KV-cache argument, newest first.
 CACHE_ARGUMENTS: tuple[str, ...] = ("cache", "past_key_values")
 
-_SIGNATURES: dict[type, frozenset[str]] = {}
+_SIGNATURES: dict[Any, frozenset[str]] = {}
 _SIGNATURES_LOCK = threading.Lock()
 
 
 def _parameters(module: Any) -> frozenset[str]:
-    cls = type(module)
+    forward = module.forward
+    key = getattr(forward, "__func__", forward)  # the class's function, or an instance's own override
     with _SIGNATURES_LOCK:
-        known = _SIGNATURES.get(cls)
+        known = _SIGNATURES.get(key)
     if known is None:
-        known = frozenset(inspect.signature(module.forward).parameters)
+        known = frozenset(inspect.signature(forward).parameters)
         with _SIGNATURES_LOCK:
-            _SIGNATURES[cls] = known
+            _SIGNATURES[key] = known
     return known
 
 
 def forward_accepts(module: Any, name: str) -> bool:
-    """Whether ``module.forward`` declares the argument ``name`` (cached per class)."""
+    """Whether ``module.forward`` declares the argument ``name`` (cached per forward function)."""
     return name in _parameters(module)
 
 

@@ -159,10 +159,11 @@ def cached(key: Any, factory: Callable[[], T], *, model: bool = True) -> T:
             if key in _CACHE:
                 _CACHE.move_to_end(key)
                 return _CACHE[key][0]
+        limit = max_models()  # a bad DEAL_MAX_MODELS is reported before any model work
         value = factory()
         with _CACHE_GUARD:
             _CACHE[key] = (value, model)
-            _evict(max_models())
+            _evict(limit)
         return value
 
 

@@ -144,8 +144,8 @@ def plan(
         chosen_reward = resolved.reward if resolved is not None else None
     if label is None and isinstance(chosen_reward, str) and not chosen_reward.strip().startswith(("{", "[")):
         label = chosen_reward.strip()  # a reward given as a policy name
-    if strategy is not None and not isinstance(strategy, str):
-        raise ConfigError("strategy", f"must be a strategy name, got {type(strategy).__name__}")
+    if strategy is not None and (not isinstance(strategy, str) or not strategy.strip()):
+        raise ConfigError("strategy", f"must be a strategy name ({', '.join(list_strategies())}), got {strategy!r}")
     built = build_reward(chosen_reward)
     if strategy:
         chosen, chosen_by = strategy, "argument"

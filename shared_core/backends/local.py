@@ -41,10 +41,10 @@ class ModelRunner:
         return self.lm.device
 
     def _forward(self, **kwargs: Any) -> Any:
-        if self.cancel is not None:
-            self.cancel.check()
-        self.stats.count_forward(self.label, tokens=int(kwargs["input_ids"].numel()))
         with exclusive_forward(self.lm.device):
+            if self.cancel is not None:  # checked once the device is ours: a call cancelled while waiting stops here
+                self.cancel.check()
+            self.stats.count_forward(self.label, tokens=int(kwargs["input_ids"].numel()))
             return self.lm.model(use_cache=True, **kwargs)
 
     def prefill(self, ids: Sequence[int], cache: Any = None) -> tuple[torch.Tensor, Any]:

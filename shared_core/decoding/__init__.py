@@ -4,10 +4,16 @@ Importing this package registers the built-in strategies: greedy, sample, args, 
 genarm, transfer_q and tool_call.
 """
 
-from shared_core.decoding import greedy  # noqa: F401  (registers greedy and sample)
-from shared_core.decoding import genarm, transfer_q  # noqa: F401  (registers genarm and transfer_q)
-from shared_core.decoding import args, best_of_n, lookahead  # noqa: F401  (registers args, best_of_n, deal)
-from shared_core.decoding import tool_call  # noqa: F401  (registers tool_call)
+# Importing the strategy modules registers them.
+from shared_core.decoding import (  # noqa: F401
+    args,
+    best_of_n,
+    genarm,
+    greedy,
+    lookahead,
+    tool_call,
+    transfer_q,
+)
 from shared_core.decoding.base import (
     DecodeJob,
     PrefixCache,

@@ -201,6 +201,7 @@ class GenerationStream(Iterator[str]):
         self._started = time.perf_counter()
         self._deltas = self._run()
         self._lock = threading.Lock()
+        self._ended = threading.Event()  # set once ``result`` is known
 
     def _run(self) -> Iterator[str]:
         self._token.check()
@@ -229,6 +230,7 @@ class GenerationStream(Iterator[str]):
                 if not self._job.state.finished and self._token.cancelled:
                     self._job.state.finish("cancelled")
                 self._result = make_result(self._request, self._job, time.perf_counter() - self._started)
+            self._ended.set()
 
     def cancel(self) -> None:
         """Asks decoding to stop before its next forward pass; safe from any thread, at any time."""
@@ -253,7 +255,15 @@ class GenerationStream(Iterator[str]):
 
     @property
     def result(self) -> GenerationResult:
-        if self._result is None:
+        """The GenerationResult; reads the rest of the stream first when it has not ended.
+
+        While another thread is inside ``next()`` (a stream closed from outside its reading thread),
+        this waits for that thread to end the stream instead of reading it at the same time.
+        """
+        while self._result is None:
+            if getattr(self._deltas, "gi_running", False):
+                self._ended.wait(0.05)
+                continue
             for _ in self:
                 pass
         assert self._result is not None
@@ -263,14 +273,25 @@ class GenerationStream(Iterator[str]):
 # --------------------------------------------------------------------------- entry points
 
 
-def _request(model: Any, prompt: Any, kwargs: dict[str, Any]) -> Request:
+#: The keyword arguments of :func:`generate` and :func:`stream` besides the strategy's parameters, with
+#: their defaults (a built Request carries its own, so passing any of them with one is an error).
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "strategy": None, "reward": None, "policy": None, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "stop": None,
+    "seed": None, "chat": None, "tools": None, "prefix": None, "urial": False, "cancel": None,
+}
+
+
+def _as_request(model: Any, prompt: Any, options: dict[str, Any], params: dict[str, Any]) -> Request:
+    """The request a call describes: a built Request passed alone, or one built from the arguments."""
     if isinstance(model, Request):
-        if prompt is not None or kwargs:
-            raise ConfigError("request", "pass either a Request alone or a model, a prompt and keyword arguments")
+        given = sorted(k for k, v in options.items() if v != _OPTION_DEFAULTS[k]) + sorted(params)
+        if prompt is not None or given:
+            raise ConfigError(given[0] if given else "prompt",
+                              "a built Request carries its own prompt and settings; pass it alone")
         return model
     if prompt is None:
-        raise ConfigError("prompt", "missing: pass a model and a prompt, or a Request")
-    return Request.build(model, prompt, **kwargs)
+        raise ConfigError("prompt", "missing: pass a model and a prompt, or a built Request")
+    return Request.build(model, prompt, **options, **params)
 
 
 def stream(
@@ -298,13 +319,9 @@ def stream(
         >>> s = stream("smollm2", "Say hi.", max_new_tokens=16)   # doctest: +SKIP
         >>> text = "".join(s); s.result.finish_reason              # doctest: +SKIP
     """
-    if isinstance(model, Request):
-        request = _request(model, prompt, params)
-    else:
-        request = Request.build(model, prompt, strategy=strategy, reward=reward, policy=policy,
-                                max_new_tokens=max_new_tokens, stop=stop, seed=seed, chat=chat, tools=tools,
-                                prefix=prefix, urial=urial, cancel=cancel, **params) if prompt is not None \
-            else _request(model, prompt, {})
+    options = dict(strategy=strategy, reward=reward, policy=policy, max_new_tokens=max_new_tokens, stop=stop,
+                   seed=seed, chat=chat, tools=tools, prefix=prefix, urial=urial, cancel=cancel)
+    request = _as_request(model, prompt, options, params)
     if request.batch:
         raise ConfigError("prompt", "stream takes one prompt (a string or a list of chat messages), not a batch")
     return GenerationStream(request)
@@ -359,15 +376,9 @@ def generate(
         >>> r = generate("smollm2", "Give me two tips for staying safe online.", max_new_tokens=64)  # doctest: +SKIP
         >>> r.text, r.finish_reason, r.stats.forward_passes                                           # doctest: +SKIP
     """
-    if isinstance(model, Request):
-        request = _request(model, prompt, params)
-    else:
-        if prompt is None:
-            raise ConfigError("prompt", "missing: pass a model and a prompt, or a Request")
-        request = Request.build(model, prompt, strategy=strategy, reward=reward, policy=policy,
-                                max_new_tokens=max_new_tokens, stop=stop, seed=seed, chat=chat, tools=tools,
-                                prefix=prefix, urial=urial, cancel=cancel, **params)
-    return run(request)
+    options = dict(strategy=strategy, reward=reward, policy=policy, max_new_tokens=max_new_tokens, stop=stop,
+                   seed=seed, chat=chat, tools=tools, prefix=prefix, urial=urial, cancel=cancel)
+    return run(_as_request(model, prompt, options, params))
 
 
 def run(request: Request) -> GenerationResult | list[GenerationResult]:

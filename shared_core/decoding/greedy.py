@@ -49,8 +49,8 @@ def _batch_loop(jobs: Sequence[DecodeJob], params: SamplingParams) -> Iterator[l
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     for job in jobs:  # each row's stats count the batched forwards it took part in
         job.stats.count_forward("policy", tokens=len(job.prompt_ids))
-    jobs[0].check_cancelled()
     with exclusive_forward(device):
+        jobs[0].check_cancelled()  # once the device is ours: a request cancelled while waiting runs nothing
         out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                        logits_to_keep=1)
     logits, cache = out.logits[:, -1], output_cache(out)
@@ -79,8 +79,8 @@ def _batch_loop(jobs: Sequence[DecodeJob], params: SamplingParams) -> Iterator[l
         mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
         for row in active:
             jobs[row].stats.count_forward("policy", tokens=1)
-        jobs[0].check_cancelled()
         with exclusive_forward(device):
+            jobs[0].check_cancelled()
             out = lm.model(input_ids=tokens.view(-1, 1), attention_mask=mask, position_ids=next_pos.view(-1, 1),
                            use_cache=True, **{cache_kw: cache})
         logits = out.logits[:, -1]

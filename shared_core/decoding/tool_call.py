@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from fractions import Fraction
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -30,9 +30,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
-from shared_core.processors.sampling import SamplingParams, choose_tokens
 from shared_core.errors import ConfigError
 from shared_core.models import LocalModel, load_model, resolve_model_source
+from shared_core.processors.sampling import SamplingParams, choose_tokens
 from shared_core.rewards.arm import check_model_name, check_shared_vocabulary, instructed_prompt
 
 

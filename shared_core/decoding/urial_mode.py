@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared_core.decoding.base import PrefixCache
 from shared_core.backends.local import ModelRunner
+from shared_core.decoding.base import PrefixCache
 from shared_core.errors import ConfigError
 from shared_core.models import LocalModel
 from shared_core.result import GenerationStats

@@ -5,6 +5,9 @@ family's module holds its spec class next to the reward.
 Importing this package does not import torch or transformers; model-backed rewards load on first use.
 """
 
+# shared_core.specs joins every reward's spec into one union and completes the weighted spec (which refers
+# to that union), so importing any reward makes every spec usable.
+import shared_core.specs as _specs  # noqa: F401
 from shared_core.rewards.arm import ArmReward
 from shared_core.rewards.base import Reward, TokenScorer
 from shared_core.rewards.callable import CallableReward
@@ -13,8 +16,6 @@ from shared_core.rewards.keywords import KeywordsReward
 from shared_core.rewards.length import LengthReward
 from shared_core.rewards.safety import SafetyReward
 from shared_core.rewards.weighted import TextTokenScorer, WeightedReward
-
-import shared_core.specs as _specs  # noqa: E402,F401  (resolves the weighted spec's reference to the spec union)
 
 __all__ = [
     "ArmReward",

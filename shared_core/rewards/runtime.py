@@ -62,6 +62,8 @@ def check_scores(values: Any, expected: int, context: str) -> list[float]:
         items = list(values)
     except TypeError as exc:
         raise RewardError(f"{context} returned {type(values).__name__}; expected a list of {expected} number(s)") from exc
+    except Exception as exc:  # a lazy result (a generator) fails only when it is read
+        raise RewardError(f"{context} failed while its scores were read: {type(exc).__name__}: {exc}") from exc
     if len(items) != expected:
         raise RewardError(f"{context} returned {len(items)} score(s); expected exactly one per item ({expected})")
     scores = []
@@ -116,8 +118,12 @@ def final_score(reward: Reward, text: str, *, prompt: str = "",
     """
     context = _context(reward, [text])
     try:
-        with charged_to(stats):
-            verdict = reward.evaluate(text, prompt=prompt)
+        if type(reward).evaluate is Reward.evaluate:  # the default verdict is its one score: checked as such
+            total = score_texts(reward, [text], prompt=prompt, stats=stats)[0]
+            verdict = RewardScore(total=total, components={reward.name: total})
+        else:
+            with charged_to(stats):
+                verdict = reward.evaluate(text, prompt=prompt)
         total = check_scores([verdict.total], 1, context)[0]
         names = list(verdict.components)
         values = check_scores([verdict.components[k] for k in names], len(names), context + " (components)")

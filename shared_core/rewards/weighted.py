@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared_core.compute import current_stats
 from shared_core.errors import ConfigError
 from shared_core.result import RewardScore
 from shared_core.rewards.base import Guidance, Reward, RewardSpecBase, TokenScorer
+from shared_core.rewards.runtime import score_candidates, score_texts
 
 __all__ = [
     "TextTokenScorer",
@@ -156,14 +158,14 @@ class WeightedReward(Reward):
         for weight, reward in self.components:
             if weight == 0.0:
                 continue
-            for i, value in enumerate(reward.score(continuations, prompt=prompt)):
+            for i, value in enumerate(score_texts(reward, continuations, prompt=prompt, stats=current_stats())):
                 totals[i] += weight * value
         return totals
 
     def score_components(self, continuation: str, *, prompt: str = "") -> dict[str, float]:
-        """Each component's own (unweighted) score, keyed by its name."""
+        """Each component's own (unweighted) score, keyed by its name (each checked like any reward's)."""
         return {
-            name: reward.score([continuation], prompt=prompt)[0]
+            name: score_texts(reward, [continuation], prompt=prompt, stats=current_stats())[0]
             for name, (_, reward) in zip(self.names, self.components)
         }
 
@@ -189,21 +191,22 @@ class WeightedReward(Reward):
         if tokenizer is None and any(scorer is None for scorer in scorers):
             return None
         parts = [
-            (weight, scorer if scorer is not None else TextTokenScorer(reward, tokenizer))
+            (weight, reward, scorer if scorer is not None else TextTokenScorer(reward, tokenizer))
             for (weight, reward), scorer in zip(active, scorers)
         ]
         return _WeightedTokenScorer(parts)
 
 
 class _WeightedTokenScorer:
-    """Weighted sum of component token scorers."""
+    """Weighted sum of component token scorers (each component's ratings checked like any reward's)."""
 
-    def __init__(self, parts: list[tuple[float, TokenScorer]]) -> None:
+    def __init__(self, parts: list[tuple[float, Reward, TokenScorer]]) -> None:
         self._parts = parts
 
     def score_candidates(self, prefix_ids: Sequence[int], candidate_ids: Sequence[int]) -> list[float]:
         totals = [0.0] * len(candidate_ids)
-        for weight, scorer in self._parts:
-            for i, value in enumerate(scorer.score_candidates(prefix_ids, candidate_ids)):
+        for weight, reward, scorer in self._parts:
+            for i, value in enumerate(score_candidates(reward, scorer, prefix_ids, candidate_ids,
+                                                       stats=current_stats())):
                 totals[i] += weight * value
         return totals

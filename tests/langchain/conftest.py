@@ -39,4 +39,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "TestChatDeALIntegration" in item.nodeid:
             reason = EMBEDDED_MODEL_LIMITS.get(getattr(item, "originalname", item.name))
             if reason:
-                item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=True))

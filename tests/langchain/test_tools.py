@@ -10,8 +10,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from shared_core import generate
-from shared_core.errors import ConfigError
 from shared_core.decoding.tool_call import forced_call_params
+from shared_core.errors import ConfigError
 from shared_core.tools import (
     TOOL_CALL_OPEN,
     normalize_tools,
@@ -259,3 +259,65 @@ def test_forced_call_fits_any_budget_that_holds_the_smallest_call(tiny_lc, budge
 def test_forced_call_budget_too_small_is_a_config_error(tiny_lc) -> None:
     with pytest.raises(ConfigError, match="max_new_tokens: a forced tool call needs at least"):
         _forced(tiny_lc, [WEATHER], "get_weather", max_new_tokens=12)
+
+
+# ---------------------------------------------------------------------------------------- schema subset
+
+
+@pytest.mark.parametrize(
+    ("schema", "field"),
+    [
+        ({"type": "string", "pattern": "^[a-z]+$"}, "tools[0].parameters.properties.x.pattern"),
+        ({"type": "string", "format": "date-time"}, "tools[0].parameters.properties.x.format"),
+        ({"type": "integer", "multipleOf": 5}, "tools[0].parameters.properties.x.multipleOf"),
+        ({"anyOf": [{"type": "string"}, {"type": "integer"}]}, "tools[0].parameters.properties.x.anyOf"),
+        ({"type": ["string", "integer"]}, "tools[0].parameters.properties.x.type"),
+        ({"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+         "tools[0].parameters.properties.x.uniqueItems"),
+        ({"type": "number", "minimum": "zero"}, "tools[0].parameters.properties.x.minimum"),
+    ],
+)
+def test_forced_calls_reject_schema_keywords_the_decoder_cannot_enforce(schema: dict, field: str) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": schema}, "required": ["x"]}}}
+    with pytest.raises(ConfigError) as info:
+        forced_call_params([tool], resolve_tool_choice("any", [tool]))
+    assert info.value.field == field
+    assert any(reason in str(info.value) for reason in ("not supported for forced tool calls", "must be a finite number",
+                                                         "forced tool calls support one"))
+
+
+def test_bind_tools_checks_the_schema_only_when_a_call_is_forced() -> None:
+    from langchain_deal import ChatDeAL
+
+    class Appointment(BaseModel):
+        """Book an appointment."""
+
+        when: str = Field(json_schema_extra={"format": "date-time"})
+
+    llm = ChatDeAL(model="smollm2")
+    llm.bind_tools([Appointment])  # offered only: the model sees the whole schema, nothing is enforced
+    with pytest.raises(ConfigError, match=r"properties\.when\.format: is not supported for forced tool calls"):
+        llm.bind_tools([Appointment], tool_choice="Appointment")
+    with pytest.raises(ConfigError, match="format"):
+        llm.with_structured_output(Appointment)
+
+
+def test_optional_fields_and_numeric_bounds_are_supported(tiny_lc) -> None:
+    class Order(BaseModel):
+        """Order some items."""
+
+        quantity: int = Field(gt=-3, lt=4)
+        price: float = Field(ge=1.5, le=2.5)
+        note: str | None = None
+
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    tool = convert_to_openai_tool(Order)
+    params = forced_call_params([tool], resolve_tool_choice("any", [tool]))
+    for seed in range(4):
+        result = generate(tiny_lc, "Order now.", strategy="tool_call", seed=seed, max_new_tokens=120,
+                          **{**params, "temperature": 1.0})
+        call = parse_tool_calls(result.text, ["Order"]).tool_calls[0]
+        order = Order.model_validate(call.arguments)  # the bounds hold whatever the random model picks
+        assert -3 < order.quantity < 4 and 1.5 <= order.price <= 2.5

@@ -97,3 +97,80 @@ def test_wraps_chat_deal(tiny_lc_dir: str, tiny_lc: Any) -> None:
     report = answer.response_metadata["urial"]
     assert report["n"] == 2 and len(report["scores"]) == 2
     assert answer.response_metadata["model_provider"] == "deal" and answer.usage_metadata["output_tokens"] <= 4
+
+
+# ---------------------------------------------------------------------------------------- reranking off the loop, seeds
+
+
+class SeedRecordingChat(RecordingChat):
+    """A RecordingChat that also records the ``seed`` each call received (``None`` when none was passed)."""
+
+    _seeds: list[Any] = PrivateAttr(default_factory=list)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        self._seeds.append(kwargs.get("seed"))
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+class SeededChat(SeedRecordingChat):
+    """A chat model with a ``seed`` field, as ChatOpenAI and ChatDeAL have."""
+
+    seed: int | None = None
+
+
+async def test_reranking_never_runs_the_reward_on_the_event_loop() -> None:
+    import asyncio
+
+    on_loop: list[bool] = []
+
+    def judge(texts: list[str]) -> list[float]:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return [float(len(t)) for t in texts]
+
+    model = URIALChatModel(llm=RecordingChat(replies=["Short.", "A longer answer."]), reward=judge, n=2)
+    answer = await model.ainvoke("Hi")
+    assert answer.content == "A longer answer."
+    chunks = [chunk async for chunk in model.astream("Hi")]
+    assert chunks[-1].response_metadata["urial"]["chosen"] == 1
+    assert on_loop == [False, False]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_each_sample_gets_its_own_seed(use_async: bool) -> None:
+    def run(model: URIALChatModel, **kwargs: Any) -> Any:
+        return model.ainvoke("Hi", **kwargs) if use_async else _done(model.invoke("Hi", **kwargs))
+
+    reward = {"type": "length", "max_words": 3}
+    inner = SeedRecordingChat(replies=["a", "b", "c"])
+    await run(URIALChatModel(llm=inner, reward=reward, n=3), seed=7)
+    assert sorted(inner._seeds) == [7, 8, 9]
+    seeded = SeededChat(replies=["a", "b", "c"], seed=5)
+    await run(URIALChatModel(llm=seeded, reward=reward, n=3))
+    assert sorted(seeded._seeds) == [5, 6, 7]
+    unseeded = SeedRecordingChat(replies=["a", "b", "c"])  # no seed field, no seed given: none is made up
+    await run(URIALChatModel(llm=unseeded, reward=reward, n=3))
+    assert unseeded._seeds == [None, None, None]
+
+
+async def _done(value: Any) -> Any:
+    return value
+
+
+def test_seeded_chat_deal_samples_differ_and_repeat(tiny_lc_dir: str, tiny_lc: Any) -> None:
+    seen: list[list[str]] = []
+
+    def record(texts: list[str]) -> list[float]:
+        seen.append(list(texts))
+        return [0.0] * len(texts)
+
+    model = URIALChatModel(llm=ChatDeAL(model=tiny_lc_dir, max_tokens=6, temperature=1.0, seed=3),
+                           reward=record, n=3)
+    model.invoke("Say hi")
+    model.invoke("Say hi")
+    assert len(set(seen[0])) == 3  # three seeds, three different samples
+    assert seen[0] == seen[1]  # and the same three again

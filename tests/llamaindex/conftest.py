@@ -12,6 +12,7 @@ from llama_index.core.tools import FunctionTool
 from llamaindex_deal import DeAL
 from shared_core.policies import register_policy
 
+
 @dataclass(frozen=True)
 class PolicyNames:
     """Two registered policies with different rewards: keyword coverage and a 3-word budget."""

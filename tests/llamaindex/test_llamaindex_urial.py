@@ -16,7 +16,7 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.llms.custom import CustomLLM
 
-from llamaindex_deal import DeAL, URIALLLM
+from llamaindex_deal import URIALLLM, DeAL
 from shared_core.errors import ConfigError
 from shared_core.urial import build_urial_prompt, urial_chat_messages
 
