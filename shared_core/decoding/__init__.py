@@ -1,16 +1,18 @@
 """Decoding strategies behind one interface, and the ``generate`` / ``stream`` entry points.
 
 Importing this package registers the built-in strategies: greedy, sample, args, deal, best_of_n,
-genarm, transfer_q and tool_call.
+speculative_rejection, cards, genarm, transfer_q and tool_call.
 """
 
 # Importing the strategy modules registers them.
 from shared_core.decoding import (  # noqa: F401
     args,
     best_of_n,
+    cards,
     genarm,
     greedy,
     lookahead,
+    speculative_rejection,
     tool_call,
     transfer_q,
 )
