@@ -40,13 +40,17 @@ from shared_core.specs import Policy, parse_policy
 from shared_core.urial import URIAL_STOP_STRINGS
 
 __all__ = [
+    "CHAT_ONLY_STRATEGIES",
     "DEFAULT_MAX_NEW_TOKENS",
     "DEFAULT_STRATEGIES",
+    "MAX_CHAT_SAMPLES",
     "URIAL_REPETITION_PENALTY",
+    "ChatOnlyPlan",
     "Plan",
     "Prompt",
     "Request",
     "plan",
+    "plan_chat_only",
     "report",
     "request_text",
     "resolve_policy_arg",
@@ -172,6 +176,67 @@ def default_strategy(reward: Reward) -> str:
     """The strategy that moves ``reward`` when none is named (:data:`DEFAULT_STRATEGIES`), if it is registered."""
     name = DEFAULT_STRATEGIES.get(reward.guidance, "best_of_n")
     return name if name in list_strategies() else "greedy"
+
+
+# --------------------------------------------------------------------------- chat-only models
+
+#: What a chat-only model (a chat API without completions or logprobs) can run: it only answers whole
+#: conversations, so alignment is the URIAL prompt plus, with a reward, best-of-n reranking.
+CHAT_ONLY_STRATEGIES = ("greedy", "sample", "best_of_n")
+
+#: The most answers one call may draw from a chat-only model (each one can be a paid request).
+MAX_CHAT_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class ChatOnlyPlan:
+    """How one call runs on a chat-only model: URIAL prompt, ``n`` answers, the reward's pick.
+
+    ``decided`` is the plan as run (``best_of_n``, or ``greedy``/``sample`` for one answer); ``path`` is
+    ``"urial+best_of_n"`` (n > 1 answers reranked) or ``"urial"`` (one answer); ``reason`` says why
+    this path ran and, when the planned strategy needed logits, which strategy it replaced.
+    """
+
+    decided: Plan
+    n: int
+    temperature: float | None
+    path: str
+    reason: str
+    planned: str
+
+
+def plan_chat_only(decided: Plan, why: str) -> ChatOnlyPlan:
+    """Fits a plan to a chat-only model; ``why`` says why the model is chat-only (it goes into ``reason``).
+
+    A strategy named explicitly must be one of :data:`CHAT_ONLY_STRATEGIES`; any other is a ConfigError on
+    ``strategy`` naming it and what it needs. A strategy that came from a policy or from the reward's
+    default is replaced by ``best_of_n`` (its ``n``, ``temperature`` and ``top_p`` kept), and the reason
+    says so. Without a reward a call draws one answer.
+
+    Raises:
+        ConfigError: an explicitly named strategy that needs logits or token-level sampling; ``n`` above
+            :data:`MAX_CHAT_SAMPLES`; bad ``best_of_n`` parameters.
+    """
+    name, reason = decided.strategy, why
+    if name in ("greedy", "sample"):
+        temperature = decided.params.get("temperature") if name == "sample" else None
+        return ChatOnlyPlan(decided=decided, n=1, temperature=temperature, path="urial", reason=reason, planned=name)
+    if name != "best_of_n":
+        needs = ", ".join(sorted(get_strategy(name).needs))
+        if decided.chosen_by == "argument":
+            raise ConfigError("strategy", f"strategy {name!r} needs {needs} from the model, but {why}; a chat-only "
+                                          f"model runs {', '.join(CHAT_ONLY_STRATEGIES)} (the URIAL prompt, with a "
+                                          "reward best_of_n reranks whole answers)")
+        kept = {k: v for k, v in decided.params.items() if k in ("n", "temperature", "top_p")}
+        reason = f"{why}; the {decided.chosen_by}'s strategy {name!r} needs {needs}, so best_of_n reranks answers"
+        decided = Plan(strategy="best_of_n", reward=decided.reward, params=kept, policy=decided.policy,
+                       chosen_by=decided.chosen_by, built_reward=decided.built_reward)
+    checked = validate_params(get_strategy("best_of_n"), dict(decided.params))
+    n = int(getattr(checked, "n"))
+    if n > MAX_CHAT_SAMPLES:
+        raise ConfigError("n", f"a chat-only model draws at most {MAX_CHAT_SAMPLES} answers per call, got {n}")
+    return ChatOnlyPlan(decided=decided, n=n, temperature=float(getattr(checked, "temperature")),
+                        path="urial+best_of_n" if n > 1 else "urial", reason=reason, planned=name)
 
 
 # --------------------------------------------------------------------------- prompts
