@@ -10,6 +10,16 @@ Example:
     >>> generate(model, "Give me two tips for staying safe online.").text    # doctest: +SKIP
 """
 
+from shared_core.backends.remote import (
+    BackendConnectionError,
+    BackendError,
+    BackendFeatureError,
+    BackendRequestError,
+    BackendServerError,
+    BackendTimeoutError,
+    RemoteModel,
+    connect_model,
+)
 from shared_core.cancel import Cancelled, CancelToken
 from shared_core.decoding import (
     GenerationStream,
@@ -39,6 +49,14 @@ from shared_core.rewards.runtime import RewardWarning
 from shared_core.specs import Policy, RewardSpec, parse_reward_spec
 
 __all__ = [
+    "BackendConnectionError",
+    "BackendError",
+    "BackendFeatureError",
+    "BackendRequestError",
+    "BackendServerError",
+    "BackendTimeoutError",
+    "RemoteModel",
+    "connect_model",
     "DEFAULT_MODEL",
     "DEFAULT_STRATEGIES",
     "EMBEDDED_MODELS",

@@ -122,6 +122,7 @@ class ArgsStrategy(Strategy):
     name = "args"
     Params = ArgsParams
     needs_reward = True
+    needs = frozenset({"top_logprobs"})  # remotely: the top-k next tokens per step
     description = "ARGS: top-k candidates re-ranked by log-prob + weight * reward at every token"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:

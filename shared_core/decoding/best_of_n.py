@@ -123,6 +123,7 @@ class BestOfNStrategy(Strategy):
     name = "best_of_n"
     Params = BestOfNParams
     needs_reward = True
+    needs = frozenset({"samples"})  # remotely: one request with n
     description = "best-of-N: n samples decoded as one batch from a shared prefill, reranked by the reward"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:

@@ -49,8 +49,24 @@ def processors_for(request: Request, lm: LocalModel) -> LogitsProcessorList:
     return processors
 
 
+def _remote(request: Request) -> Any:
+    """The remote-backend module when ``request`` decodes on a remote model (``connect_model``), else None."""
+    from shared_core.backends import remote_decoding  # imported here: it builds on the strategy modules
+
+    return remote_decoding if remote_decoding.is_remote(request.model) else None
+
+
+def _strategy(request: Request) -> Strategy:
+    """The strategy that decodes ``request``: its remote implementation on a remote model."""
+    remote = _remote(request)
+    return remote.strategy_for(request) if remote is not None else request.strategy()
+
+
 def make_jobs(request: Request) -> list[DecodeJob]:
     """One decode job per prompt: the model loaded, the prompt rendered and checked against the context window."""
+    remote = _remote(request)
+    if remote is not None:  # rendered to token ids for the server; no weights here
+        return remote.remote_jobs(request)
     lm = resolve_model(request.model)
     processors = processors_for(request, lm)
     jobs = []
@@ -208,7 +224,7 @@ class GenerationStream(Iterator[str]):
         job = make_jobs(self._request)[0]
         self._job = job
         self._started = time.perf_counter()
-        yield from _deltas(self._request, self._request.strategy(), job)
+        yield from _deltas(self._request, _strategy(self._request), job)
 
     def __iter__(self) -> GenerationStream:
         return self
@@ -324,6 +340,9 @@ def stream(
     request = _as_request(model, prompt, options, params)
     if request.batch:
         raise ConfigError("prompt", "stream takes one prompt (a string or a list of chat messages), not a batch")
+    remote = _remote(request)
+    if remote is not None:
+        remote.check_backend(request)  # a strategy the backend cannot serve is refused before any request
     return GenerationStream(request)
 
 
@@ -383,8 +402,8 @@ def generate(
 
 def run(request: Request) -> GenerationResult | list[GenerationResult]:
     """Decodes a built request: one result, or a list for a batch."""
+    strategy = _strategy(request)  # on a remote model, refuses a strategy it cannot serve before any request
     jobs = make_jobs(request)
-    strategy = request.strategy()
     if request.batch and len(jobs) > 1 and all(job.prefix is None for job in jobs):
         started = time.perf_counter()
         if _drive_batch(strategy, jobs):

@@ -93,6 +93,7 @@ class GreedyStrategy(Strategy):
 
     name = "greedy"
     Params = NoParams
+    needs = frozenset({"samples"})  # a remote backend serves it as one (greedy) completion
     description = "argmax decoding with a KV cache"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
@@ -108,6 +109,7 @@ class SampleStrategy(Strategy):
 
     name = "sample"
     Params = SamplingParams
+    needs = frozenset({"samples"})
     description = "sampling with temperature / top_k / top_p"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:

@@ -407,6 +407,7 @@ class DealStrategy(Strategy):
     name = "deal"
     Params = DealParams
     needs_reward = True
+    needs = frozenset({"samples", "top_logprobs"})  # remotely: greedy rollouts with their top-k
     description = "DeAL lookahead search: top-k candidates rolled out in one batch and ranked by the reward"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
