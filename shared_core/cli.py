@@ -58,6 +58,20 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _connect(base_url: str, model: str, api_key: str | None) -> Any:
+    """The remote model ``deal generate --base-url`` decodes on; ``--model`` left at its default means the served one."""
+    from shared_core.backends.remote import connect_model
+    from shared_core.errors import ConfigError
+    from shared_core.models import DEFAULT_MODEL
+
+    try:
+        return connect_model(base_url, model=model, api_key=api_key)
+    except ConfigError as exc:
+        if exc.field != "model" or model != DEFAULT_MODEL:
+            raise
+        return connect_model(base_url, model=None, api_key=api_key)
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt (sent as a user message to chat models).")],
@@ -72,6 +86,8 @@ def generate(
     urial: Annotated[bool, typer.Option("--urial", help="Align with the URIAL in-context prompt (for base models).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="Decode on an OpenAI-compatible server (vLLM, SGLang, llama.cpp server) at this URL; --model is then the served model id.")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", help="API key for --base-url (sent as a bearer token).")] = None,
 ) -> None:
     """Generate a continuation, optionally steered by a reward."""
     from shared_core import decoding
@@ -85,7 +101,10 @@ def generate(
         # plan and validate everything (strategy, params, reward, prompt) once, before loading weights
         request = Request.build(model, prompt, strategy=strategy, reward=reward_value, policy=policy,
                                 max_new_tokens=max_new_tokens, stop=stop, seed=seed, urial=urial, **params)
-        request.model = load_model(model, device=device)
+        if base_url is not None:
+            request.model = _connect(base_url, model, api_key)
+        else:
+            request.model = load_model(model, device=device)
         if as_json:
             result = decoding.run(request)
             assert not isinstance(result, list)
@@ -132,10 +151,23 @@ def demo(
 
 
 @app.command()
-def models() -> None:
+def models(
+    path: Annotated[Optional[str], typer.Option("--path", help="Print the converted Hugging Face folder of this embedded model (e.g. for vLLM's --model).")] = None,
+) -> None:
     """List the embedded model aliases (they work offline)."""
     from shared_core.models import DEFAULT_MODEL, EMBEDDED_MODELS
 
+    if path is not None:
+        from shared_core.models import resolve_model_source
+
+        if path not in EMBEDDED_MODELS:
+            _fail(f"--path: {path!r} is not an embedded model; embedded: {', '.join(sorted(EMBEDDED_MODELS))}")
+        try:
+            _quiet_transformers()
+            typer.echo(resolve_model_source(path))
+        except DealError as exc:
+            _fail(str(exc))
+        return
     for alias, info in EMBEDDED_MODELS.items():
         mark = " (default)" if alias == DEFAULT_MODEL else ""
         typer.echo(f"{alias}{mark}: {info.description}")
