@@ -1,4 +1,4 @@
-"""The ``deal`` command line: ``deal generate``, ``deal demo``, ``deal models``, ``deal strategies``."""
+"""The ``deal`` command line: ``deal generate``, ``deal demo``, ``deal models``, ``deal strategies``, ``deal serve``."""
 
 from __future__ import annotations
 
@@ -217,6 +217,45 @@ def train_arm_command(
                f"(loss {report.epoch_losses[0]:.4f} -> {report.epoch_losses[-1]:.4f}). Use it with:")
     spec = json.dumps({"type": "arm", "model": report.out_dir, "weight": 1.0})
     typer.echo(f"  deal generate \"...\" -m {base} -s genarm -r '{spec}'")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="Embedded alias, model folder or hub id; with --base-url, the served model's name.")] = "smollm2",
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="Decode on a remote OpenAI-compatible engine (vLLM ...) instead of a local model.")] = None,
+    remote_api_key: Annotated[Optional[str], typer.Option("--remote-api-key", help="API key for --base-url.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    policies: Annotated[Optional[str], typer.Option("--policies", help="JSON or YAML file of named policies (name -> policy or reward spec).")] = None,
+    api_key: Annotated[Optional[list[str]], typer.Option("--api-key", help="Accept this key as 'Authorization: Bearer KEY' (repeatable; none: no auth).")] = None,
+    allow_model_rewards: Annotated[bool, typer.Option("--allow-model-rewards", help="Let requests send inline reward specs that load models (classifier, safety, arm).")] = False,
+    served_name: Annotated[Optional[str], typer.Option("--served-name", help="The model id clients send (default: --model).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most new tokens a request may ask for.")] = 1024,
+    max_n: Annotated[int, typer.Option("--max-n", help="Most choices (n) per request.")] = 4,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait before new ones get 429.")] = 64,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body (413 above).")] = 1_000_000,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Serve a model behind an OpenAI-compatible API with per-request alignment (needs the `server` extra)."""
+    try:
+        from shared_core.server import Limits, ServerSettings, load_policies_file
+        from shared_core.server import serve as run_server
+    except ImportError as exc:
+        _fail(f"deal serve needs the server extra: pip install 'deal[server]' ({exc})")
+        return
+    try:
+        _quiet_transformers()
+        limits = Limits(max_tokens=max_tokens, default_max_tokens=min(256, max_tokens), max_n=max_n,
+                        max_queue=max_queue, max_body_bytes=max_body_bytes)
+        settings = ServerSettings(
+            model=model, base_url=base_url, remote_api_key=remote_api_key, served_name=served_name,
+            api_keys=tuple(api_key or ()), policies=load_policies_file(policies) if policies else {},
+            allow_model_rewards=allow_model_rewards, limits=limits, device=device,
+        )
+        typer.echo(f"loading {model} ...", err=True)
+        run_server(settings, host=host, port=port)
+    except DealError as exc:
+        _fail(str(exc))
 
 
 def main() -> None:  # pragma: no cover - console entry point

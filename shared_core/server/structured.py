@@ -1,0 +1,104 @@
+"""The ``json_schema`` strategy: an answer that is valid JSON for a schema (OpenAI's ``response_format``).
+
+It reuses the schema walker of the forced tool-call decoder (:mod:`shared_core.decoding.tool_call`): the
+decoder writes the JSON skeleton and the model only chooses where it has a real choice. Without a
+schema (``response_format: {"type": "json_object"}``) the answer is a flat JSON object with
+model-chosen keys and string values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
+from shared_core.decoding.tool_call import ToolCallParams, _Walker
+from shared_core.errors import ConfigError
+from shared_core.tools import check_schema
+
+__all__ = ["JSON_OBJECT_SCHEMA", "JsonSchemaParams", "JsonSchemaStrategy", "check_response_schema"]
+
+#: The schema ``json_object`` decodes to: an object whose keys and values the model picks.
+JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+class JsonSchemaParams(BaseModel):
+    """Parameters of the ``json_schema`` strategy: the schema and the walker's limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_schema: dict[str, Any] = Field(description="the JSON schema the answer must satisfy")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy choice among allowed tokens")
+    max_string_tokens: int = Field(48, gt=0)
+    max_array_items: int = Field(8, gt=0)
+    max_free_keys: int = Field(6, gt=0, description="the most keys of an object without listed properties")
+    reserve_tokens: int = Field(4, ge=0)
+
+
+def check_response_schema(schema: Any, field: str = "response_format.json_schema.schema") -> dict[str, Any]:
+    """The schema if the constrained decoder supports it; ConfigError naming ``field`` otherwise."""
+    if not isinstance(schema, Mapping):
+        raise ConfigError(field, f"must be a JSON schema object, got {type(schema).__name__}")
+    if schema is JSON_OBJECT_SCHEMA:
+        return dict(schema)
+    check_schema(dict(schema), field)
+    return dict(schema)
+
+
+class _SchemaWalker(_Walker):
+    """The tool-call walker, writing one bare JSON value; objects without properties get free keys."""
+
+    def __init__(self, job: DecodeJob, params: JsonSchemaParams) -> None:
+        self.free_keys = params.max_free_keys
+        wrapped = ToolCallParams(
+            functions=[{"name": "response", "parameters": {"type": "object", "properties": {}}}],
+            temperature=params.temperature, max_string_tokens=params.max_string_tokens,
+            max_array_items=params.max_array_items, reserve_tokens=params.reserve_tokens, open_text="", close_text="",
+        )
+        super().__init__(job, wrapped)
+
+    def object(self, schema: Mapping[str, Any], depth: int) -> Iterator[Sequence[int]]:
+        extra = schema.get("additionalProperties")
+        if schema.get("properties") or extra is False or extra is None:
+            yield from super().object(schema, depth)
+            return
+        values = extra if isinstance(extra, Mapping) else {"type": "string"}
+        self.force("{")
+        for count in range(self.free_keys):
+            if count:
+                if not self.spend(self._cost(', "k": ', values, depth + 1)):
+                    break
+                if (yield from self.choose([", ", "}"])) == 1:
+                    return
+            yield from self.string({"maxLength": 40})
+            self.force(": ")
+            yield from self.value(values, depth + 1)
+        self.force("}")
+
+    def document(self, schema: Mapping[str, Any]) -> Iterator[Sequence[int]]:
+        self.root = schema
+        smallest = json.dumps(self.smallest(schema), ensure_ascii=False)
+        self.budget = self.job.remaining - self._tokens(smallest) - 1 - self.params.reserve_tokens
+        if self.budget < 0:
+            raise ConfigError("max_new_tokens", f"the smallest answer for this schema needs about "
+                                                f"{self._tokens(smallest) + 1} tokens; raise the token budget")
+        yield from self.value(schema, 0)
+        yield from self.flush()
+
+
+@register_strategy
+class JsonSchemaStrategy(Strategy):
+    """Decodes one JSON value that satisfies ``json_schema`` (the supported subset of JSON schema)."""
+
+    name = "json_schema"
+    Params = JsonSchemaParams
+    description = "an answer decoded to be valid JSON for a schema (response_format)"
+
+    def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
+        walker = _SchemaWalker(job, job.params)
+        yield from walker.document(job.params.json_schema)
+        if job.model.eos_token_ids:
+            yield (min(job.model.eos_token_ids),)
