@@ -17,7 +17,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from shared_core.errors import ModelLoadError
 from shared_core.models import load_model
 from shared_core.result import GenerationResult
 from shared_core.server.errors import APIError, install_error_handlers, to_api_error
@@ -48,13 +47,9 @@ __all__ = ["create_app", "load_served_model"]
 def load_served_model(settings: ServerSettings) -> Any:
     """The model the server decodes with: a local model, or a remote one with ``base_url``."""
     if settings.base_url:
-        import shared_core
+        from shared_core.backends.remote import connect_model
 
-        connect = getattr(shared_core, "connect_model", None)
-        if connect is None:
-            raise ModelLoadError("--base-url needs remote backends (shared_core.connect_model), which this "
-                                 "installation does not have; serve a local model with --model instead")
-        return connect(settings.base_url, model=settings.model, api_key=settings.remote_api_key)
+        return connect_model(settings.base_url, model=settings.model, api_key=settings.remote_api_key)
     return load_model(settings.model, device=settings.device)
 
 
