@@ -36,6 +36,7 @@ class Faults:
     no_token_ids: bool = False  # neither token_ids nor token_id: strings (text only)
     no_tokenize: bool = False  # /tokenize and /detokenize answer 404
     omit_eos_id: bool = False  # leave the EOS token out of the returned ids (like servers that elide it)
+    eos_after: int | None = None  # emit EOS as the n-th generated token (random tiny models rarely end)
 
 
 class CompletionsServer:
@@ -72,8 +73,16 @@ class CompletionsServer:
         lps: list[float] = []
         tops: list[dict[str, float]] = []
         finish = "length"
+        penalty = float(body.get("repetition_penalty") or 1.0)
+        eos = min(self.model.eos_token_ids)
         for _ in range(max_tokens):
             logits = self._logits(prompt + ids)
+            if penalty != 1.0:  # vLLM's rule: every token of the prompt and the output so far
+                seen = torch.tensor(sorted(set(prompt + ids)))
+                values = logits[seen]
+                logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
+            if self.faults.eos_after is not None and len(ids) + 1 >= self.faults.eos_after:
+                logits[eos] = logits.max() + 10.0
             logprobs = torch.log_softmax(logits, -1)
             if temperature == 0:
                 token = int(logits.argmax())
