@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from completions_server import CompletionsServer, free_port
 from typer.testing import CliRunner
 
 from shared_core import (
@@ -32,7 +33,6 @@ from shared_core import (
 from shared_core.backends import CAPABILITIES, LOCAL_CAPABILITIES, REMOTE_CAPABILITIES
 from shared_core.backends.remote import ServerTokenizer
 from shared_core.models import LocalModel, load_model
-from completions_server import CompletionsServer, free_port
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
