@@ -25,7 +25,7 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from shared_core.cancel import CancelToken
 from shared_core.decoding import get_strategy
@@ -38,8 +38,9 @@ T = TypeVar("T")
 
 PROVIDER = "deal"
 
-#: Standard client parameters LangChain tooling passes to every chat model; they mean nothing for a
-#: local model and are accepted and ignored (everything else unknown is a strategy parameter).
+#: Standard client parameters LangChain tooling passes to every chat model that are not fields here; they
+#: are accepted and ignored (everything else unknown is a strategy parameter). ``api_key``, ``base_url``,
+#: ``timeout`` and ``max_retries`` are fields, used with a remote server (and ignored for a local model).
 IGNORED_CLIENT_PARAMS = frozenset({"api_key", "timeout", "max_retries", "base_url", "streaming", "model_kwargs"})
 
 #: Per-call keyword arguments (``.bind(...)`` / ``invoke(..., **kw)``) with a meaning of their own;
@@ -67,6 +68,16 @@ class DeALSettings(BaseModel):
     tool_call_max_tokens: int = Field(
         default=256, gt=0, description="Token budget floor for a forced tool call (a cut-off call would not parse)."
     )
+    base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible server (vLLM, SGLang, llama.cpp, a chat API); `model` is "
+                                  "then the served model's id (default: the server's only model).")
+    api_key: SecretStr | None = Field(default=None, description="The server's API key (with base_url).")
+    tokenizer: str | None = Field(
+        default=None, description="Tokenizer (folder or hub id) of the served model when the server does not say.")
+    chat_model: Any = Field(
+        default=None, description="Any LangChain chat model to align through URIAL (+ best-of-n with a reward).")
+    timeout: float | None = Field(default=None, description="Seconds per server request (with base_url).")
+    max_retries: int | None = Field(default=None, description="Retries per server request (with base_url).")
 
     @model_validator(mode="before")
     @classmethod
@@ -92,7 +103,8 @@ class DeALSettings(BaseModel):
         """Validates the instance's settings (no model work); called from ``__init__``."""
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or self.max_tokens <= 0):
             raise ConfigError("max_tokens", f"must be a positive integer, got {self.max_tokens!r}")
-        plan_call(self, {}, stop=None)
+        check_backend_settings(self)
+        check_call(self, {}, stop=None)
 
     def ls_params(self, model_type: Literal["chat", "llm"], stop: list[str] | None,
                   overrides: Mapping[str, Any]) -> LangSmithParams:
@@ -108,6 +120,29 @@ class DeALSettings(BaseModel):
         if stop or self.stop:
             params["ls_stop"] = list(stop or self.stop or [])
         return params
+
+
+def check_backend_settings(settings: DeALSettings) -> None:
+    """Checks ``base_url``, ``chat_model``, ``tokenizer``, ``timeout`` and ``max_retries`` (no network)."""
+    from langchain_core.language_models import BaseChatModel
+
+    if settings.base_url is not None:
+        if not isinstance(settings.base_url, str) or not settings.base_url.startswith(("http://", "https://")):
+            raise ConfigError("base_url", f"must be an http(s) URL such as 'http://127.0.0.1:8000/v1', "
+                                          f"got {settings.base_url!r}")
+        if settings.chat_model is not None:
+            raise ConfigError("chat_model", "give either base_url (a server) or chat_model (a LangChain chat model), "
+                                            "not both")
+    elif settings.tokenizer is not None:
+        raise ConfigError("tokenizer", "names a remote model's tokenizer and needs base_url; a local model brings "
+                                       "its own")
+    if settings.chat_model is not None and not isinstance(settings.chat_model, BaseChatModel):
+        raise ConfigError("chat_model", f"must be a LangChain chat model (BaseChatModel), got "
+                                        f"{type(settings.chat_model).__name__}")
+    if settings.timeout is not None and not settings.timeout > 0:
+        raise ConfigError("timeout", f"must be a number of seconds > 0, got {settings.timeout!r}")
+    if settings.max_retries is not None and settings.max_retries < 0:
+        raise ConfigError("max_retries", f"must be an integer >= 0, got {settings.max_retries!r}")
 
 
 # --------------------------------------------------------------------------- per-call plan
@@ -131,12 +166,31 @@ class CallPlan:
                              decided=self.decided, cancel=cancel, **kwargs)
 
 
-def plan_call(settings: DeALSettings, overrides: Mapping[str, Any], *, stop: list[str] | None) -> CallPlan:
+def check_call(settings: DeALSettings, overrides: Mapping[str, Any], *, stop: list[str] | None) -> CallPlan:
+    """:func:`plan_call` with every check that is possible before the route is known (no network, no model).
+
+    A local model gets them all; a ``chat_model`` gets the chat-only checks (a strategy it cannot run,
+    best-of-n's parameters); a ``base_url`` gets the plan's own checks here and the rest once the server
+    has said whether it offers completions.
+    """
+    if settings.chat_model is not None:
+        from langchain_deal._backends import chat_model_reason, check_chat_plan
+
+        call = plan_call(settings, overrides, stop=stop, check=False)
+        check_chat_plan(call.decided, chat_model_reason(settings.chat_model), tools=call.tools,
+                        max_new_tokens=call.max_new_tokens, stop=call.stop, seed=call.seed)
+        return call
+    return plan_call(settings, overrides, stop=stop, check=settings.base_url is None)
+
+
+def plan_call(settings: DeALSettings, overrides: Mapping[str, Any], *, stop: list[str] | None,
+              check: bool = True) -> CallPlan:
     """Merges per-call overrides into the instance settings and validates the result (no model work).
 
     Per-call values replace the instance's; policy, reward, strategy and parameters combine by
     :func:`shared_core.request.plan`'s rules (``None`` means "not given"; a reward alone selects the
-    strategy that moves it). Keywords that are not call settings are strategy parameters.
+    strategy that moves it). Keywords that are not call settings are strategy parameters. ``check=False``
+    leaves the strategy's parameters unchecked (the route may still change the strategy).
     """
     overrides = {k: v for k, v in overrides.items() if k not in _DROPPED_CALL_KEYS}
     loose = {k: v for k, v in overrides.items() if k not in CALL_KEYS}
@@ -167,7 +221,8 @@ def plan_call(settings: DeALSettings, overrides: Mapping[str, Any], *, stop: lis
         raise ConfigError("model", f"must be a model alias, a path or a hub id, got {model!r}")
     call = CallPlan(model=model, decided=decided, max_new_tokens=max_new_tokens,
                     stop=list(stops) if stops else None, seed=seed, tools=tools, choice=choice)
-    call.request(None, "check")  # every remaining check (parameters, seed, stop strings), no model work
+    if check:
+        call.request(None, "check")  # every remaining check (parameters, seed, stop strings), no model work
     return call
 
 

@@ -15,11 +15,15 @@ from langchain_core.runnables import ConfigurableField, Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from langchain_deal._backends import ChatAnswer, Route, run_chat
+from langchain_deal._backends import route as choose_route
 from langchain_deal._utils import (
+    PROVIDER,
+    CallPlan,
     DeALSettings,
+    check_call,
     dumps_args,
     iterate_in_thread,
-    plan_call,
     response_metadata,
     to_chat_dicts,
     usage_metadata,
@@ -28,7 +32,6 @@ from shared_core.cancel import CancelToken
 from shared_core.decoding import GenerationStream
 from shared_core.decoding.tool_call import forced_call_params
 from shared_core.errors import ConfigError
-from shared_core.models import load_model
 from shared_core.request import Plan
 from shared_core.tools import (
     ParsedOutput,
@@ -172,9 +175,13 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         """The one generation path: ``_stream`` yields these chunks, ``_generate`` adds them up."""
-        plan = plan_call(self, kwargs, stop=stop)
+        plan = check_call(self, kwargs, stop=stop)
+        route = choose_route(self, plan.model)
+        if route.chat is not None:
+            yield from self._chat_only_chunks(messages, plan, route, on_token)
+            return
         chat = to_chat_dicts(messages)
-        lm = load_model(plan.model, device=self.device)
+        lm = route.lm
         prepared = prepare_tool_prompt(chat, plan.tools, tokenizer=lm.tokenizer, tool_choice=plan.choice)
         tools_on = bool(plan.tools) and plan.choice.mode != "none"
         if plan.choice.forced:
@@ -204,7 +211,7 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         names = [t["function"]["name"] for t in plan.tools]
         parsed = parse_tool_calls(result.text, names) if tools_on else ParsedOutput(result.text, [])
         rest = parsed.text[len(shown):] if parsed.text.startswith(shown) else ""
-        metadata = response_metadata(result, request, model_name=plan.model)
+        metadata = {**response_metadata(result, request, model_name=route.name), "path": route.path, "reason": None}
         if parsed.errors:
             metadata["tool_call_errors"] = parsed.errors
         last = AIMessageChunk(
@@ -220,6 +227,30 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         chunk = ChatGenerationChunk(message=last, generation_info={"finish_reason": result.finish_reason})
         if on_token is not None:
             on_token(rest, chunk)
+        yield chunk
+
+    def _chat_only_chunks(self, messages: list[BaseMessage], plan: CallPlan, route: Route,
+                          on_token: Callable[[str, ChatGenerationChunk], None] | None) -> Iterator[ChatGenerationChunk]:
+        """A chat-only model's answer (URIAL, best-of-n with a reward): deltas, then the report chunk."""
+        answer: ChatAnswer | None = None
+        for item in run_chat(route, plan.decided, messages, max_new_tokens=plan.max_new_tokens, stop=plan.stop,
+                             seed=plan.seed, tools=plan.tools):
+            if isinstance(item, ChatAnswer):
+                answer = item
+                continue
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+            if on_token is not None:
+                on_token(item, chunk)
+            yield chunk
+        assert answer is not None
+        result_usage = answer.message.usage_metadata
+        last = AIMessageChunk(content="", usage_metadata=result_usage,
+                              response_metadata={"model_name": route.name, "model_provider": PROVIDER,
+                                                 **answer.summary},
+                              chunk_position="last")
+        chunk = ChatGenerationChunk(message=last, generation_info={"finish_reason": answer.summary["finish_reason"]})
+        if on_token is not None:
+            on_token("", chunk)
         yield chunk
 
     def _stream(
@@ -251,7 +282,7 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        plan_call(self, kwargs, stop=stop)  # bad input fails here, before a thread is used
+        check_call(self, kwargs, stop=stop)  # bad input fails here, before a thread is used
         cancel = CancelToken()
         async for chunk in iterate_in_thread(lambda: self._chunks(messages, stop, None, cancel, **kwargs), cancel):
             if run_manager is not None:

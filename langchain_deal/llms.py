@@ -7,19 +7,23 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM, LangSmithParams
+from langchain_core.messages import HumanMessage
 from langchain_core.outputs import GenerationChunk, LLMResult
 
+from langchain_deal._backends import ChatAnswer, Route, run_chat
+from langchain_deal._backends import route as choose_route
 from langchain_deal._utils import (
+    PROVIDER,
+    CallPlan,
     DeALSettings,
+    check_call,
     iterate_in_thread,
-    plan_call,
     response_metadata,
     usage_metadata,
 )
 from shared_core.cancel import CancelToken
 from shared_core.decoding import GenerationStream
 from shared_core.errors import ConfigError
-from shared_core.models import load_model
 
 
 class DeALLLM(DeALSettings, BaseLLM):
@@ -60,9 +64,12 @@ class DeALLLM(DeALSettings, BaseLLM):
                 cancel: CancelToken | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
         if kwargs.get("tools"):
             raise ConfigError("tools", "DeALLLM completes text; use ChatDeAL.bind_tools for tool calling")
-        plan = plan_call(self, kwargs, stop=stop)
-        lm = load_model(plan.model, device=self.device)
-        request = plan.request(lm, prompt, chat=self.chat, cancel=cancel)
+        plan = check_call(self, kwargs, stop=stop)
+        route = choose_route(self, plan.model)
+        if route.chat is not None:
+            yield from self._chat_only_chunks(prompt, plan, route, on_token)
+            return
+        request = plan.request(route.lm, prompt, chat=self.chat, cancel=cancel)
         deltas = GenerationStream(request)
         for delta in deltas:
             chunk = GenerationChunk(text=delta)
@@ -70,9 +77,24 @@ class DeALLLM(DeALSettings, BaseLLM):
                 on_token(delta, chunk)
             yield chunk
         result = deltas.result
-        info = response_metadata(result, request, model_name=plan.model)
+        info = {**response_metadata(result, request, model_name=route.name), "path": route.path, "reason": None}
         info["usage_metadata"] = usage_metadata(result)
         yield GenerationChunk(text="", generation_info=info)
+
+    def _chat_only_chunks(self, prompt: str, plan: CallPlan, route: Route,
+                          on_token: Callable[[str, GenerationChunk], None] | None) -> Iterator[GenerationChunk]:
+        """A chat-only model's answer to ``prompt`` as one user message (URIAL, best-of-n with a reward)."""
+        for item in run_chat(route, plan.decided, [HumanMessage(prompt)], max_new_tokens=plan.max_new_tokens,
+                             stop=plan.stop, seed=plan.seed):
+            if isinstance(item, ChatAnswer):
+                info = {"model_name": route.name, "model_provider": PROVIDER, **item.summary,
+                        "usage_metadata": dict(item.message.usage_metadata or {})}
+                yield GenerationChunk(text="", generation_info=info)
+                return
+            chunk = GenerationChunk(text=item)
+            if on_token is not None:
+                on_token(item, chunk)
+            yield chunk
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
@@ -85,7 +107,7 @@ class DeALLLM(DeALSettings, BaseLLM):
     async def _astream(self, prompt: str, stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        plan_call(self, kwargs, stop=stop)
+        check_call(self, kwargs, stop=stop)
         cancel = CancelToken()
         async for chunk in iterate_in_thread(lambda: self._chunks(prompt, stop, None, cancel, **kwargs), cancel):
             if run_manager is not None and chunk.text:

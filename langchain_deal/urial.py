@@ -23,6 +23,7 @@ from pydantic import Field
 from langchain_deal._utils import to_chat_dicts
 from shared_core.errors import ConfigError
 from shared_core.policies import build_reward, check_reward
+from shared_core.result import GenerationStats
 from shared_core.rewards.runtime import score_texts
 
 
@@ -132,13 +133,15 @@ class URIALChatModel(BaseChatModel):
             "chosen": chosen,
         }
 
-    def _rerank(self, texts: list[str], messages: Sequence[BaseMessage]) -> tuple[list[float] | None, int]:
+    def _rerank(self, texts: list[str], messages: Sequence[BaseMessage],
+                stats: GenerationStats | None = None) -> tuple[list[float] | None, int]:
+        """The reward's scores of ``texts`` and the index of the best (the first of equals); none for one text."""
         if self.reward is None or len(texts) == 1:
             return None, 0
         reward = build_reward(self.reward)
         assert reward is not None
         query = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
-        scores = score_texts(reward, texts, prompt=query)
+        scores = score_texts(reward, texts, prompt=query, stats=stats)
         return scores, max(range(len(scores)), key=scores.__getitem__)
 
     def _result(self, results: list[AIMessage], messages: Sequence[BaseMessage]) -> ChatResult:
@@ -167,14 +170,40 @@ class URIALChatModel(BaseChatModel):
             base = getattr(self.llm, "seed", None) or 0
         return [self.llm.bind(seed=base + i) for i in range(self.n)]
 
+    def takes_n(self) -> bool:
+        """Whether the wrapped model draws several answers in one request (its own ``n`` field, as ChatOpenAI)."""
+        return "n" in getattr(type(self.llm), "model_fields", {})
+
+    def draw(self, messages: Sequence[BaseMessage], stop: list[str] | None = None,
+             **kwargs: Any) -> tuple[list[AIMessage], int]:
+        """The ``n`` raw answers to the URIAL prompt of ``messages`` and the number of requests sent.
+
+        A model with its own ``n`` parameter is asked once for ``n`` answers (a call that fixes ``seed``
+        asks per sample instead, so each gets its own); an endpoint that returns fewer is asked again,
+        one answer per request, for the rest. Other models get ``n`` requests, run side by side.
+        """
+        prompt = self._urial_messages(messages)
+        stops = self._stop(stop)
+        drawn: list[AIMessage] = []
+        requests = 0
+        if self.n > 1 and self.takes_n() and kwargs.get("seed") is None:
+            result = self.llm.generate([prompt], stop=stops, n=self.n, **kwargs)
+            drawn = [g.message for g in result.generations[0] if isinstance(g.message, AIMessage)][: self.n]
+            requests = 1
+        missing = self.n - len(drawn)
+        if missing:
+            samplers = self._samplers(dict(kwargs))[:missing]
+            call_kwargs = {k: v for k, v in kwargs.items() if k != "seed"}
+            with get_executor_for_config(None) as executor:  # the samples run side by side, as batch() would
+                results = list(executor.map(lambda r: r.invoke(prompt, stop=stops, **call_kwargs), samplers))
+            drawn += [r for r in results if isinstance(r, AIMessage)]
+            requests += len(samplers)
+        return drawn, requests
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        prompt = self._urial_messages(messages)
-        samplers = self._samplers(kwargs)
-        stops = self._stop(stop)
-        with get_executor_for_config(None) as executor:  # the samples run side by side, as batch() would
-            results = list(executor.map(lambda r: r.invoke(prompt, stop=stops, **kwargs), samplers))
-        return self._result([r for r in results if isinstance(r, AIMessage)], messages)
+        drawn, _ = self.draw(messages, stop, **kwargs)
+        return self._result(drawn, messages)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
