@@ -119,8 +119,15 @@ def create_app(settings: ServerSettings, model: Any = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     metrics = served.metrics
 
-    def authorize(authorization: str | None = Header(None)) -> None:
-        check_api_key(authorization, settings.api_keys)
+    def authorize(http: Request, authorization: str | None = Header(None)) -> None:
+        try:
+            check_api_key(authorization, settings.api_keys)
+        except APIError as exc:
+            path = http.url.path
+            endpoint = "chat" if path.endswith("/chat/completions") else path.rstrip("/").rsplit("/", 1)[-1]
+            count(endpoint if endpoint in ("completions", "models", "metrics") else "chat" if endpoint == "chat"
+                  else "other", "none", exc.status)
+            raise
 
     def count(endpoint: str, strategy: str, status: Any) -> None:
         metrics.requests.labels(endpoint, strategy, str(status)).inc()

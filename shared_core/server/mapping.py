@@ -95,8 +95,16 @@ def new_id(prefix: str) -> str:
 
 
 def _renamed(exc: ConfigError, prefix: str) -> ConfigError:
+    """``exc`` with its field under ``prefix`` (``reward.words`` -> ``deal.reward.words``)."""
     message = str(exc).split(": ", 1)[-1]
-    field_name = exc.field if exc.field.startswith(prefix) else f"{prefix}.{exc.field}".rstrip(".")
+    field_name = exc.field
+    if not field_name.startswith(prefix):
+        root = prefix.rsplit(".", 1)[-1]
+        if field_name == root or field_name.startswith((root + ".", root + "[")):
+            field_name = field_name[len(root):]
+            field_name = prefix + field_name
+        else:
+            field_name = f"{prefix}.{field_name}"
     return ConfigError(field_name, message)
 
 
@@ -170,6 +178,8 @@ def _alignment(settings: ServerSettings, alias_policy: str | None, deal: DealOpt
     if policy is not None and label is None:  # an inline policy's parameters are the request's too
         _check_params(settings, policy.params)
     try:
+        if deal.strategy is not None:
+            get_strategy(deal.strategy)
         decided = plan(policy=policy, strategy=deal.strategy, reward=reward, param_layers=[params], sample=sample)
     except ConfigError as exc:
         raise _renamed(exc, "deal") from None
