@@ -3,7 +3,8 @@
 :class:`ChatServer` extends the test completions server with ``/v1/chat/completions`` (``n``,
 ``temperature``, ``max_tokens``, ``seed``, ``stop``, ``stream`` with a usage chunk) and, with
 ``completions=False``, serves no ``/v1/completions`` at all: a hosted chat API as the adapters meet one
-(the route is absent, so the server answers 404 as such APIs do). Every chat request body is recorded.
+(the route is absent, so the server answers 404 as such APIs do). Every chat request body is recorded,
+and the answers given to it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ChatServer(CompletionsServer):
         super().__init__(model, served_name=served_name, max_model_len=max_model_len)
         self.completions = completions
         self.chat_requests: list[dict[str, Any]] = []
+        self.chat_answers: list[list[str]] = []  # per request, the texts answered, in choice order
 
     def _answers(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         ids = self.model.render(body["messages"])
@@ -54,6 +56,7 @@ class ChatServer(CompletionsServer):
                                     status_code=404)
             prompt_tokens = len(self.model.render(body["messages"]))
             answers = self._answers(body)
+            self.chat_answers.append([a["text"] for a in answers])
             if body.get("stream"):
                 return StreamingResponse(self._chat_stream(answers[0], prompt_tokens), media_type="text/event-stream")
             choices = [{"index": i, "message": {"role": "assistant", "content": a["text"]},
