@@ -68,11 +68,11 @@ class _SchemaWalker(_Walker):
         values = extra if isinstance(extra, Mapping) else {"type": "string"}
         self.force("{")
         for count in range(self.free_keys):
-            if count:
-                if not self.spend(self._cost(', "k": ', values, depth + 1)):
-                    break
-                if (yield from self.choose([", ", "}"])) == 1:
-                    return
+            # the smallest next pair is paid from the free budget before it is started, so "}" always fits
+            if not self.spend(self._cost(', "k": ' if count else '"k": ', values, depth + 1)):
+                break
+            if count and (yield from self.choose([", ", "}"])) == 1:
+                return
             yield from self.string({"maxLength": 40})
             self.force(": ")
             yield from self.value(values, depth + 1)
