@@ -371,3 +371,16 @@ def test_cli_models_path_prints_the_embedded_folder(smollm2: LocalModel) -> None
     assert out.stdout.strip() == smollm2.source
     bad = CliRunner().invoke(app, ["models", "--path", "nosuch"])
     assert bad.exit_code == 2 and "not an embedded model" in bad.output
+
+
+def test_speculative_rejection_prunes_with_one_request_per_check(remote: RemoteModel, server: CompletionsServer) -> None:
+    longest = lambda texts: [float(len(t)) for t in texts]  # noqa: E731 - a reward function
+    result = generate(remote, PROMPTS[1], strategy="speculative_rejection", reward=longest, n=4, first_check=2,
+                      rejection_rate=0.5, seed=1, max_new_tokens=10)
+    extra = result.stats.extra
+    assert server.requests[0]["n"] == 4 and server.requests[0]["max_tokens"] == 2
+    assert [(c["length"], c["kept"]) for c in extra["checks"]] == [(2, 2), (4, 1)]  # then one left: no check
+    assert extra["requests"] == len(server.requests) == 4  # the first n, then one per check's survivors
+    prompts = [len(b["prompt"]) if isinstance(b["prompt"][0], list) else 1 for b in server.requests[1:]]
+    assert prompts == [2, 1, 1]  # the survivors continued, in one request per check
+    assert result.stats.new_tokens == 10 and result.reward is not None

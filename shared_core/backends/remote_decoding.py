@@ -35,6 +35,7 @@ from shared_core.backends.capabilities import check_capabilities
 from shared_core.backends.remote import Completion, RemoteModel
 from shared_core.decoding.args import TextRewardCache
 from shared_core.decoding.base import DecodeJob, Strategy
+from shared_core.decoding.candidates import stopped_by_string
 from shared_core.decoding.lookahead import (
     MAX_REPAIRS,
     _common_prefix,
@@ -43,6 +44,8 @@ from shared_core.decoding.lookahead import (
     _Rollout,
     _Search,
 )
+from shared_core.decoding.speculative_rejection import _Candidate, check_lengths
+from shared_core.decoding.speculative_rejection import _Search as _RejectionSearch
 from shared_core.decoding.stopping import StopState
 from shared_core.errors import ConfigError
 from shared_core.processors.sampling import SamplingParams, choose_tokens, make_generator
@@ -367,6 +370,71 @@ def _deal(job: RemoteJob) -> Iterator[Sequence[int]]:
     return _RemoteDeal(job).run()
 
 
+# --------------------------------------------------------------------------- speculative rejection
+
+
+def _speculative_rejection(job: RemoteJob) -> Iterator[Sequence[int]]:
+    """Speculative rejection: n samples up to the first check in one request (``n``), then one request per
+    check continuing the survivors (a list of prompts); the checks, pruning and choice are the local search's."""
+    p = job.params
+    if p.n == 1:  # plain sampling, as locally
+        job.stats.extra.update(candidates=1, checks=[])
+        yield from _plain(job, p.sampling())
+        return
+    remote = job.remote
+    search = _RejectionSearch(job, p)
+    checks = check_lengths(p.first_check, p.rejection_rate, job.max_new_tokens)
+    alive = [_Candidate(i) for i in range(p.n)]
+    finish: dict[int, str | None] = {}
+    sampled = 0
+    length = 0
+    winner: _Candidate | None = None
+    common: dict[str, Any] = dict(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, logprobs=None,
+                                  stop=job.state.stop_strings, repetition_penalty=job.repetition_penalty,
+                                  stats=job.stats)
+    for round_, bound in enumerate([*checks, job.max_new_tokens]):
+        seed = None if job.seed is None else job.seed + round_ * p.n
+        if round_ == 0:
+            outs = remote.propose(job.prompt_ids, p.n, max_tokens=bound, seed=seed, **common)
+        else:
+            outs = [c[0] for c in remote.complete([job.prompt_ids + c.tokens for c in alive], n=1,
+                                                  max_tokens=bound - length, seed=seed, **common)]
+        length = bound
+        done: list[_Candidate] = []
+        going: list[_Candidate] = []
+        for candidate, out in zip(alive, outs):
+            candidate.tokens.extend(out.token_ids)
+            sampled += len(out.token_ids)
+            finish[candidate.index] = out.finish_reason
+            ended = out.finish_reason == "stop" or (candidate.tokens and candidate.tokens[-1] in search.eos)
+            if ended or len(candidate.tokens) >= job.max_new_tokens or stopped_by_string(job, candidate.tokens):
+                candidate.finished = True
+                done.append(candidate)
+            else:
+                going.append(candidate)
+        search.finished.extend(done)
+        search.contending.extend(done)
+        winner = search.reached_target(done)
+        if winner is not None:
+            search.stopped_early = True
+            alive = []
+            break
+        if going and round_ < len(checks):
+            going = search.prune(going, length)
+        alive = going
+        if not alive:
+            break
+    job.stats.extra.update(candidates=p.n, sample_tokens=sampled, checks=search.checks,
+                           stopped_at_target=search.stopped_early)
+    if winner is not None:
+        chosen, score = winner, search.rewards([winner.tokens])[0]
+    else:
+        chosen, score = search.best(search.finished + alive)
+    job.stats.extra.update(chosen=chosen.index, chosen_score=score)
+    yield chosen.tokens
+    _end(job, finish.get(chosen.index))
+
+
 # --------------------------------------------------------------------------- the strategies served remotely
 
 #: Strategy name -> its remote implementation.
@@ -376,6 +444,7 @@ REMOTE_STRATEGIES: dict[str, Callable[[RemoteJob], Iterator[Sequence[int]]]] = {
     "best_of_n": _best_of_n,
     "args": _args,
     "deal": _deal,
+    "speculative_rejection": _speculative_rejection,
 }
 
 
