@@ -36,6 +36,15 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
 from llamaindex_deal import _tracking
+from llamaindex_deal._backends import (
+    ChatOutcome,
+    Route,
+    chat_model_reason,
+    check_backend_settings,
+    check_chat_plan,
+    run_chat,
+)
+from llamaindex_deal._backends import route as choose_route
 from llamaindex_deal._utils import (
     DecodeSettings,
     model_facts,
@@ -47,7 +56,7 @@ from shared_core.cancel import CancelToken
 from shared_core.decoding import GenerationStream, run
 from shared_core.decoding.tool_call import forced_call_params
 from shared_core.errors import ConfigError
-from shared_core.models import DEFAULT_MODEL, LocalModel, load_model
+from shared_core.models import DEFAULT_MODEL, load_model
 from shared_core.request import DEFAULT_MAX_NEW_TOKENS, Plan, Request, report
 from shared_core.result import GenerationResult
 from shared_core.tools import (
@@ -114,6 +123,16 @@ class DeAL(FunctionCallingLLM, CustomLLM):
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
     context_window: int | None = Field(default=None, description="Override of the model's context window.")
     urial: Any = Field(default=False, description="URIAL in-context alignment: True, 'help' or an options dict.")
+    base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible server (vLLM, SGLang, llama.cpp, a chat API); `model` is then "
+                                  "the served model's id (default: the server's only model).")
+    api_key: str | None = Field(default=None, exclude=True, repr=False, description="The server's API key.")
+    tokenizer: str | None = Field(
+        default=None, description="Tokenizer (folder or hub id) of the served model when the server does not say.")
+    chat_model: Any = Field(
+        default=None, exclude=True, description="Any LlamaIndex LLM to align through URIAL (+ best-of-n with a reward).")
+    timeout: float | None = Field(default=None, description="Seconds per server request (with base_url).")
+    max_retries: int | None = Field(default=None, description="Retries per server request (with base_url).")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -121,8 +140,13 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         _tracking.install()
 
     def _check(self) -> None:
-        """Checks everything a user can get wrong in the instance's settings, before any model work."""
-        self._settings({}).request(None, "check")
+        """Checks everything a user can get wrong in the instance's settings, before any model work.
+
+        With ``base_url`` the strategy's parameters are checked on the first call, once the server has
+        said whether it offers completions (a chat-only server changes what can run).
+        """
+        check_backend_settings(self.base_url, self.chat_model, self.tokenizer, self.timeout, self.max_retries)
+        self._check_settings(self._settings({}))
         if self.context_window is not None and (isinstance(self.context_window, bool) or self.context_window <= 0):
             raise ConfigError("context_window", f"must be a positive integer, got {self.context_window!r}")
 
@@ -149,20 +173,46 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                     "stop": self.stop, "seed": self.seed, "urial": self.urial}
         return plan_call(instance, kwargs)
 
+    def _check_settings(self, settings: DecodeSettings) -> None:
+        """The checks possible before the route is known: all for a local model, the chat-only ones for a
+        ``chat_model``, the plan's own for a ``base_url`` (no network, no model work)."""
+        if self.chat_model is not None:
+            check_chat_plan(settings.decided, chat_model_reason(self.chat_model),
+                            max_new_tokens=settings.max_new_tokens, stop=settings.stop, seed=settings.seed)
+        elif self.base_url is None:
+            settings.request(None, "check")
+
     def _check_call(self, kwargs: dict[str, Any]) -> None:
         """Runs a call's checks (settings, tool arguments) without model work."""
         kwargs = dict(kwargs)
         tooling = _pop_tooling(kwargs)
-        self._settings(kwargs).request(None, "check")
+        self._check_settings(self._settings(kwargs))
         if tooling.tools is not None or tooling.tool_choice is not None:
             resolve_tool_choice(tooling.tool_choice, normalize_tools(tooling.tools))
 
-    def _lm(self) -> LocalModel:
+    def _route(self) -> Route:
+        """Where this call's answer comes from: the local model, a completions server, or a chat-only model."""
+        return choose_route(model=self.model, base_url=self.base_url,
+                            served=self.model if "model" in self.model_fields_set else None, api_key=self.api_key,
+                            tokenizer=self.tokenizer, chat_model=self.chat_model, timeout=self.timeout,
+                            max_retries=self.max_retries, context_window=self.context_window)
+
+    def _lm(self) -> Any:
+        """The model tool calls decode on: the local model, or the server's handle."""
+        if self.base_url is not None:
+            route = self._route()
+            if route.lm is None:
+                raise ConfigError("tools", f"{route.reason}: tool calls need a model that can be constrained; "
+                                           "bind tools to a local model or a completions server")
+            return route.lm
         return load_model(self.model, device=self.device, dtype=self.dtype)
 
     @property
     def metadata(self) -> LLMMetadata:
-        """Context window and chat support come from the model's files (no weights are loaded)."""
+        """Context window and chat support: from the model's files (no weights are loaded), the server, or
+        the wrapped chat model."""
+        if self.chat_model is not None or self.base_url is not None:
+            return self._backend_metadata()
         facts = model_facts(self.model)
         return LLMMetadata(
             context_window=self.context_window or facts.context_window,
@@ -171,6 +221,26 @@ class DeAL(FunctionCallingLLM, CustomLLM):
             is_function_calling_model=True,
             model_name=self.model,
         )
+
+    def _backend_metadata(self) -> LLMMetadata:
+        route = self._route()
+        if route.lm is not None:
+            return LLMMetadata(context_window=self.context_window or route.lm.context_window,
+                               num_output=self.max_new_tokens, is_chat_model=route.lm.has_chat_template,
+                               is_function_calling_model=True, model_name=route.name)
+        assert route.chat is not None
+        inner = route.chat.metadata
+        return LLMMetadata(context_window=self.context_window or inner.context_window, num_output=self.max_new_tokens,
+                           is_chat_model=True, is_function_calling_model=False, model_name=route.name)
+
+    # ------------------------------------------------------------------ the chat-only path
+
+    def _chat_only(self, route: Route, conversation: Any, settings: DecodeSettings,
+                   collectors: tuple[_tracking.Collector, ...]) -> ChatOutcome:
+        outcome = run_chat(route, settings.decided, conversation, max_new_tokens=settings.max_new_tokens,
+                           stop=settings.stop, seed=settings.seed, urial=settings.urial)
+        _tracking.record(collectors, outcome.summary)
+        return outcome
 
     # ------------------------------------------------------------------ decoding
 
@@ -188,7 +258,11 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                       collectors: tuple[_tracking.Collector, ...]) -> CompletionResponse:
         settings = self._settings(dict(kwargs))
         engine_prompt, chat = self._completion_prompt(prompt, formatted)
-        request = settings.request(self._model_arg(), engine_prompt, chat=chat)
+        route = self._route()
+        if route.chat is not None:
+            outcome = self._chat_only(route, engine_prompt, settings, collectors)
+            return CompletionResponse(text=outcome.text, raw=outcome.raw, additional_kwargs=outcome.summary)
+        request = settings.request(self._model_arg(route), engine_prompt, chat=chat)
         result = run(request)
         assert isinstance(result, GenerationResult)
         return self._completion_response(result, request, settings, collectors)
@@ -196,7 +270,7 @@ class DeAL(FunctionCallingLLM, CustomLLM):
     def _completion_response(self, result: GenerationResult, request: Request, settings: DecodeSettings,
                              collectors: tuple[_tracking.Collector, ...], *, delta: str | None = None,
                              text: str | None = None) -> CompletionResponse:
-        summary = report(result, request)
+        summary = {**report(result, request), "path": _path_of(request), "reason": None}
         _tracking.record(collectors, summary)
         return CompletionResponse(text=result.text if text is None else text, delta=delta,
                                   raw=raw_payload(result, settings), additional_kwargs=summary)
@@ -206,7 +280,16 @@ class DeAL(FunctionCallingLLM, CustomLLM):
                              cancel: CancelToken | None = None) -> CompletionResponseGen:
         settings = self._settings(dict(kwargs))  # validates now, before any model work
         engine_prompt, chat = self._completion_prompt(prompt, formatted)
-        request = settings.request(self._model_arg(), engine_prompt, chat=chat, cancel=cancel)
+        route = self._route()
+        if route.chat is not None:  # the answer is chosen among whole answers: one chunk
+            outcome = self._chat_only(route, engine_prompt, settings, collectors)
+
+            def one() -> CompletionResponseGen:
+                yield CompletionResponse(text=outcome.text, delta=outcome.text, raw=outcome.raw,
+                                         additional_kwargs=outcome.summary)
+
+            return one()
+        request = settings.request(self._model_arg(route), engine_prompt, chat=chat, cancel=cancel)
         deltas = GenerationStream(request)
 
         def gen() -> CompletionResponseGen:
@@ -221,11 +304,14 @@ class DeAL(FunctionCallingLLM, CustomLLM):
 
         return gen()
 
-    def _model_arg(self) -> LocalModel | str:
-        """The model to hand the engine: its name when device and dtype are the defaults.
+    def _model_arg(self, route: Route | None = None) -> Any:
+        """The model to hand the engine: the server's handle, or the local model's name when device and
+        dtype are the defaults.
 
         The engine then checks the request before it loads weights (the process-wide cache is shared).
         """
+        if route is not None and route.lm is not None:
+            return route.lm
         if self.device == "auto" and self.dtype == "auto":
             return self.model
         return self._lm()
@@ -264,9 +350,14 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         tooling = _pop_tooling(kwargs)
         settings = self._settings(kwargs)
         engine_messages = to_engine_messages(messages)
+        route = self._route()
+        if route.chat is not None:
+            outcome = self._chat_only(route, _chat_turns(engine_messages, tooling), settings, collectors)
+            return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=outcome.text),
+                                raw=outcome.raw, additional_kwargs=outcome.summary)
         if tooling.tools or _has_tool_history(engine_messages):
             return self._chat_with_tools_now(engine_messages, tooling, settings, collectors)
-        request = settings.request(self._model_arg(), engine_messages)
+        request = settings.request(self._model_arg(route), engine_messages)
         result = run(request)
         assert isinstance(result, GenerationResult)
         return self._chat_response(result, request, settings, collectors, text=result.text)
@@ -274,7 +365,7 @@ class DeAL(FunctionCallingLLM, CustomLLM):
     def _chat_response(self, result: GenerationResult, request: Request, settings: DecodeSettings,
                        collectors: tuple[_tracking.Collector, ...], *, text: str,
                        tool_calls: Sequence[ToolCallBlock] = (), delta: str | None = None) -> ChatResponse:
-        summary = report(result, request)
+        summary = {**report(result, request), "path": _path_of(request), "reason": None}
         _tracking.record(collectors, summary)
         blocks: list[Any] = [TextBlock(text=text)] if text or not tool_calls else []
         blocks.extend(tool_calls)
@@ -289,9 +380,18 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         tooling = _pop_tooling(kwargs)
         settings = self._settings(kwargs)
         engine_messages = to_engine_messages(messages)
+        route = self._route()
+        if route.chat is not None:  # the answer is chosen among whole answers: one chunk
+            outcome = self._chat_only(route, _chat_turns(engine_messages, tooling), settings, collectors)
+
+            def one() -> ChatResponseGen:
+                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=outcome.text),
+                                   delta=outcome.text, raw=outcome.raw, additional_kwargs=outcome.summary)
+
+            return one()
         if tooling.tools or _has_tool_history(engine_messages):
             return self._stream_chat_with_tools_now(engine_messages, tooling, settings, collectors, cancel)
-        request = settings.request(self._model_arg(), engine_messages, cancel=cancel)
+        request = settings.request(self._model_arg(route), engine_messages, cancel=cancel)
         deltas = GenerationStream(request)
 
         def gen() -> ChatResponseGen:
@@ -440,6 +540,19 @@ class DeAL(FunctionCallingLLM, CustomLLM):
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _path_of(request: Request) -> str:
+    """``"remote"`` when a server decoded the request, else ``"local"`` (the report's ``path``)."""
+    return "remote" if getattr(request.model, "kind", None) == "remote" else "local"
+
+
+def _chat_turns(messages: list[dict[str, Any]], tooling: _Tooling) -> list[dict[str, Any]]:
+    """The plain turns a chat-only model is sent; tools cannot ride on the URIAL prompt."""
+    if tooling.tools or tooling.tool_required:
+        raise ConfigError("tools", "a chat-only model answers through the URIAL prompt, which cannot carry tools; "
+                                   "give the tools to a local model or a completions server")
+    return list(messages)
+
 
 def _has_tool_history(messages: Sequence[dict[str, Any]]) -> bool:
     return any(m["role"] == "tool" or m.get("tool_calls") for m in messages)

@@ -37,6 +37,7 @@ from llama_index.core.llms.llm import LLM
 from llamaindex_deal._utils import to_engine_messages
 from shared_core.errors import ConfigError
 from shared_core.policies import build_reward
+from shared_core.result import GenerationStats
 from shared_core.rewards.runtime import score_texts
 from shared_core.urial import URIAL_STOP_STRINGS, parse_urial_answer, preamble_text, urial_chat_messages, urial_prompt
 
@@ -130,27 +131,61 @@ class URIALLLM(CustomLLM):
 
     # ------------------------------------------------------------------ n samples, reranked
 
-    def _choose(self, query: str, answers: list[str]) -> tuple[str, dict[str, Any]]:
-        """The best answer by the reward (the only one when n == 1) and the report."""
+    def _choose(self, query: str, answers: list[str],
+                stats: GenerationStats | None = None) -> tuple[str, dict[str, Any]]:
+        """The best answer by the reward (the first of equals; the only one when n == 1) and the report."""
         report: dict[str, Any] = {"urial": True, "variant": self.variant if self.examples is None else "custom",
                                   "mode": "text" if self._text_mode() else "chat", "n": len(answers)}
         reward = build_reward(self.reward)
         if reward is None:
             return answers[0], {**report, "reward": None, "scores": []}
-        scores = score_texts(reward, answers, prompt=query)
+        scores = score_texts(reward, answers, prompt=query, stats=stats)
         best = max(range(len(answers)), key=lambda i: scores[i])
         policy = self.reward if isinstance(self.reward, str) and not self.reward.strip().startswith("{") else None
         return answers[best], {**report, "policy": policy, "reward": scores[best], "scores": scores, "chosen": best}
 
-    def _answer(self, conversation: Any, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
-        answers = []
-        for i in range(self.n):
+    def takes_n(self) -> bool:
+        """Whether the wrapped LLM draws several chat answers in one request (OpenAI-compatible clients' ``n``)."""
+        try:
+            from llama_index.llms.openai import OpenAI
+        except ImportError:
+            return False
+        return isinstance(self.llm, OpenAI)
+
+    def draw(self, conversation: Any, kwargs: dict[str, Any]) -> tuple[list[str], list[ChatResponse | None], int]:
+        """The ``n`` answers (URIAL format removed), the chat responses behind them, and the requests sent.
+
+        In chat mode an OpenAI-compatible client is asked once for ``n`` choices (unless the call fixes a
+        ``seed``: then once per sample, each with its own seed); an endpoint that returns fewer is asked
+        again, one answer per request, for the rest. Other LLMs get one request per answer.
+        """
+        answers: list[str] = []
+        responses: list[ChatResponse | None] = []
+        requests = 0
+        merged = {**self.sample_kwargs, **kwargs}
+        if self.n > 1 and not self._text_mode() and self.takes_n() and merged.get("seed") is None:
+            response = self.llm.chat(self._chat_messages(conversation), **{**merged, "n": self.n})
+            requests = 1
+            choices = getattr(response.raw, "choices", None) or []
+            for choice in choices[: self.n]:
+                content = getattr(getattr(choice, "message", None), "content", None)
+                if isinstance(content, str):
+                    answers.append(content.strip())
+                    responses.append(response)
+        for i in range(len(answers), self.n):
             call_kwargs = self._call_kwargs(i, kwargs)
+            requests += 1
             if self._text_mode():
                 answers.append(parse_urial_answer(self._text_sample(conversation, call_kwargs)))
+                responses.append(None)
             else:
                 response = self.llm.chat(self._chat_messages(conversation), **call_kwargs)
                 answers.append((response.message.content or "").strip())
+                responses.append(response)
+        return answers, responses, requests
+
+    def _answer(self, conversation: Any, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
+        answers, _, _ = self.draw(conversation, kwargs)
         text, report = self._choose(_query_of(conversation), answers)
         return text, report, answers
 
