@@ -3,9 +3,10 @@
 * ``args`` at k=10 with a model-based reward, ``{"type": "classifier", "model": "smollm2"}``: the
   embedded weights loaded as a sequence classifier. Its tokenizer matches the policy's, so ARGS uses
   the incremental scorer: one cached classifier forward per token rates all 10 candidates. Run twice:
-  with the classifier in fp32 (like the policy) and in bf16 (``"dtype": "bfloat16"``; the policy stays
-  fp32). On this CPU a classifier forward over 11 tokens costs ~1.5x a 1-token policy forward in fp32,
-  so fp32 args stays near 2.2-2.3x greedy; bf16 halves the classifier's share.
+  with the classifier at its default dtype (``"auto"``: bf16 on a CPU with bf16 instructions, as here,
+  else fp32; the policy stays fp32) and in explicit fp32 (``"dtype": "float32"``). A classifier forward
+  over 11 tokens costs ~1.5x a 1-token policy forward in fp32, so fp32 args stays above 2.2x greedy;
+  bf16 halves the classifier's share.
 * ``naive args``: the same selection rule written the way public reference code does it: every step,
   the 10 candidate continuations are decoded to text and re-scored from scratch by the classifier
   (prompt + continuation, 10 rows, no cache). The policy side keeps its KV cache, so the difference
@@ -47,7 +48,7 @@ PROMPTS = [
     "What are the benefits of regular exercise?",
 ]
 CLASSIFIER = {"type": "classifier", "model": "smollm2"}
-CLASSIFIER_BF16 = {**CLASSIFIER, "dtype": "bfloat16"}
+CLASSIFIER_FP32 = {**CLASSIFIER, "dtype": "float32"}
 
 
 def naive_args(lm: LocalModel, prompt: str, reward: Any, max_new_tokens: int, top_k: int = TOP_K,
@@ -92,20 +93,20 @@ def main() -> None:
 
     lm = load_model(args.model)
     classifier = build_reward(CLASSIFIER)
-    classifier_bf16 = build_reward(CLASSIFIER_BF16)
-    assert classifier is not None and classifier_bf16 is not None
+    classifier_fp32 = build_reward(CLASSIFIER_FP32)
+    assert classifier is not None and classifier_fp32 is not None
     keywords = {"type": "keywords", "words": ["water", "energy"]}
     # warm up: weights loaded, first-call overheads paid
     generate(lm, "Hi", max_new_tokens=4)
     generate(lm, "Hi", strategy="args", reward=classifier, max_new_tokens=4)
-    generate(lm, "Hi", strategy="args", reward=classifier_bf16, max_new_tokens=4)
+    generate(lm, "Hi", strategy="args", reward=classifier_fp32, max_new_tokens=4)
     generate(lm, "Hi", strategy="best_of_n", reward=keywords, max_new_tokens=4)
 
     runs: dict[str, Callable[[str], dict[str, Any]]] = {
         "greedy": lambda p: _summary(generate(lm, p, max_new_tokens=MAX_NEW_TOKENS)),
         "args_classifier_k10": lambda p: _summary(generate(lm, p, strategy="args", reward=classifier, top_k=TOP_K,
                                                            max_new_tokens=MAX_NEW_TOKENS)),
-        "args_classifier_bf16_k10": lambda p: _summary(generate(lm, p, strategy="args", reward=classifier_bf16,
+        "args_classifier_fp32_k10": lambda p: _summary(generate(lm, p, strategy="args", reward=classifier_fp32,
                                                                 top_k=TOP_K, max_new_tokens=MAX_NEW_TOKENS)),
         "best_of_n_8": lambda p: _summary(generate(lm, p, strategy="best_of_n", reward=keywords, n=8, seed=0,
                                                    max_new_tokens=MAX_NEW_TOKENS)),
@@ -155,15 +156,16 @@ def main() -> None:
         same = [a["token_ids"] == b["token_ids"]
                 for a, b in zip(samples["args_classifier_k10"], samples["naive_args_classifier_k10"])]
         summary["args_classifier_k10"]["same_tokens_as_naive"] = f"{sum(same)}/{len(same)}"
-    fp32_vs_bf16 = [a["token_ids"] == b["token_ids"]
-                    for a, b in zip(samples["args_classifier_k10"], samples["args_classifier_bf16_k10"])]
-    summary["args_classifier_bf16_k10"]["same_tokens_as_fp32_classifier"] = f"{sum(fp32_vs_bf16)}/{len(fp32_vs_bf16)}"
+    default_vs_fp32 = [a["token_ids"] == b["token_ids"]
+                       for a, b in zip(samples["args_classifier_k10"], samples["args_classifier_fp32_k10"])]
+    summary["args_classifier_k10"]["same_tokens_as_fp32_classifier"] = f"{sum(default_vs_fp32)}/{len(default_vs_fp32)}"
     payload = {
         "benchmark": "bench_strategies",
         "model": args.model,
         "max_new_tokens": MAX_NEW_TOKENS,
         "reward_for_args": CLASSIFIER,
-        "reward_for_args_bf16": CLASSIFIER_BF16,
+        "classifier_default_dtype": str(classifier.torch_dtype),
+        "reward_for_args_fp32": CLASSIFIER_FP32,
         "reward_for_best_of_n": keywords,
         "prompts": PROMPTS,
         "repeats": args.repeats,

@@ -283,7 +283,7 @@ def test_callable_reward_rejects_non_callables() -> None:
 
 
 def test_classifier_batched_scores_equal_one_by_one(tiny_rm_dir) -> None:
-    reward = ClassifierReward(tiny_rm_dir, batch_size=2)
+    reward = ClassifierReward(tiny_rm_dir, batch_size=2, dtype="float32")
     texts = ["Sure.", "I think the answer is forty two, because", "", "No", "A much longer answer " * 5]
     batched = reward.score(texts, prompt="Question: what is six times seven?")
     single = [reward.score([t], prompt="Question: what is six times seven?")[0] for t in texts]
@@ -294,7 +294,7 @@ def test_classifier_batched_scores_equal_one_by_one(tiny_rm_dir) -> None:
 def test_classifier_matches_the_models_own_pooled_logits(tiny_rm_dir, smol_tokenizer) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    reward = ClassifierReward(tiny_rm_dir, include_prompt=False)
+    reward = ClassifierReward(tiny_rm_dir, include_prompt=False, dtype="float32")
     model = AutoModelForSequenceClassification.from_pretrained(tiny_rm_dir).eval()
     text = "Paris is the capital of France."
     with torch.inference_mode():
@@ -326,7 +326,7 @@ def test_classifier_missing_path_is_a_config_error_on_model(tmp_path) -> None:
 
 
 def test_incremental_token_scorer_equals_full_text_scoring(tiny_rm_dir, smol_tokenizer) -> None:
-    reward = ClassifierReward(tiny_rm_dir)
+    reward = ClassifierReward(tiny_rm_dir, dtype="float32")
     policy = SimpleNamespace(tokenizer=smol_tokenizer, name="policy")
     prompt = "Rate this: the cat"
     prompt_ids = _ids(smol_tokenizer, prompt)
@@ -357,7 +357,7 @@ def test_incremental_token_scorer_equals_full_text_scoring(tiny_rm_dir, smol_tok
 
 
 def test_incremental_scorer_without_prompt_starts_from_an_empty_cache(tiny_rm_dir, smol_tokenizer) -> None:
-    reward = ClassifierReward(tiny_rm_dir, include_prompt=False)
+    reward = ClassifierReward(tiny_rm_dir, include_prompt=False, dtype="float32")
     scorer = reward.token_scorer(SimpleNamespace(tokenizer=smol_tokenizer), _ids(smol_tokenizer, "ignored"))
     candidates = [_ids(smol_tokenizer, w)[0] for w in (" Hello", " Sorry", " Sure")]
     expected = reward.score_ids([[c] for c in candidates])
@@ -365,8 +365,20 @@ def test_incremental_scorer_without_prompt_starts_from_an_empty_cache(tiny_rm_di
     assert scorer.score_candidates([], []) == []
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_a_classifier_on_auto_uses_bf16_only_on_cpus_with_bf16_instructions(tiny_rm_dir, monkeypatch,
+                                                                             has_bf16: bool) -> None:
+    from shared_core import models
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: has_bf16)
+    reward = ClassifierReward(tiny_rm_dir, device="cpu")
+    assert reward.torch_dtype == (torch.bfloat16 if has_bf16 else torch.float32)
+    assert ClassifierReward(tiny_rm_dir, device="cpu", dtype="float32").torch_dtype == torch.float32
+    assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32  # the policy stays fp32
+
+
 def test_classifier_in_bfloat16_loads_in_that_dtype_and_ranks_like_float32(tiny_rm_dir, smol_tokenizer) -> None:
-    full = ClassifierReward(tiny_rm_dir, include_prompt=False)
+    full = ClassifierReward(tiny_rm_dir, include_prompt=False, dtype="float32")
     half = ClassifierReward(tiny_rm_dir, include_prompt=False, dtype="bfloat16")
     assert full.load()[0].dtype == torch.float32
     assert half.load()[0].dtype == torch.bfloat16  # a second copy: the cache key includes the dtype

@@ -142,7 +142,7 @@ class ClassifierSpec(RewardSpecBase):
     batch_size: int = Field(16, gt=0)
     device: str = Field("auto", description="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="'auto' is bf16 on CUDA, fp32 on CPU; 'bfloat16' is about 2x faster on CPUs with bf16 units."
+        "auto", description="'auto' is bf16 on CUDA and on CPUs with bf16 instructions (AVX512-BF16, AMX), else fp32."
     )
 
     @field_validator("model")
@@ -189,9 +189,10 @@ class ClassifierReward(Reward):
         max_length: Longest tokenized text, in tokens.
         batch_size: Texts per forward pass.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
-            A reward only ranks candidates, so lower precision rarely changes a choice; on a CPU with
-            bf16 instructions (AVX512-BF16, AMX) ``"bfloat16"`` runs a classifier about twice as fast.
+        dtype: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``. ``"auto"`` is bf16 on CUDA and on
+            a CPU with bf16 instructions (AVX512-BF16, AMX), where it runs a classifier about twice as
+            fast, else fp32. A reward only ranks candidates, so lower precision rarely changes a choice;
+            ``"float32"`` gives the same scores on every machine.
         trust_remote_code: Allow custom model code from the folder (off unless asked for).
 
     Example:
@@ -217,7 +218,7 @@ class ClassifierReward(Reward):
         trust_remote_code: bool = False,
         spec: ClassifierSpec | None = None,
     ) -> None:
-        from shared_core.models import resolve_device, resolve_dtype
+        from shared_core.models import resolve_device, resolve_reward_dtype
 
         if spec is None:
             spec = validated_spec(ClassifierSpec, model=model, label=label, output=output,
@@ -235,7 +236,7 @@ class ClassifierReward(Reward):
         self.batch_size = spec.batch_size
         self.trust_remote_code = trust_remote_code
         self.torch_device = resolve_device(spec.device)
-        self.torch_dtype = resolve_dtype(spec.dtype, self.torch_device)
+        self.torch_dtype = resolve_reward_dtype(spec.dtype, self.torch_device)
         self.device = spec.device
         self.dtype = spec.dtype
         self.source = resolve_source("model", spec.model)
