@@ -109,8 +109,14 @@ class DeALSettings(BaseModel):
     def ls_params(self, model_type: Literal["chat", "llm"], stop: list[str] | None,
                   overrides: Mapping[str, Any]) -> LangSmithParams:
         """The LangSmith tracing parameters of one call (``_get_ls_params`` of both models)."""
-        params = LangSmithParams(ls_provider=PROVIDER, ls_model_name=overrides.get("model") or self.model,
-                                 ls_model_type=model_type)
+        name = overrides.get("model") or self.model
+        if self.chat_model is not None:
+            from langchain_deal._backends import chat_model_name
+
+            name = chat_model_name(self.chat_model)
+        elif self.base_url and not overrides.get("model") and "model" not in self.model_fields_set:
+            name = self.base_url  # the server's only model, whose id is known once it has been asked
+        params = LangSmithParams(ls_provider=PROVIDER, ls_model_name=name, ls_model_type=model_type)
         temperature = overrides.get("temperature", self.temperature)
         if temperature is not None:
             params["ls_temperature"] = float(temperature)

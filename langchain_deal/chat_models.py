@@ -72,6 +72,18 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         temperature, max_tokens, stop, seed: the standard parameters.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
 
+    Key init args — where answers come from:
+        base_url: an OpenAI-compatible server. With ``/v1/completions`` (vLLM, SGLang, llama.cpp,
+            ``deal serve``) the strategies run against it (``model`` is the served id, default: its only
+            model; ``tokenizer`` names the served model's tokenizer when the server has no
+            ``/tokenize``). A chat-only endpoint (detected: no ``/v1/completions``) gets the chat path.
+        api_key, timeout, max_retries: the server's key and request limits.
+        chat_model: any LangChain chat model (``ChatOpenAI(...)``, ...). Chat path: the URIAL prompt,
+            and with a reward ``n`` answers reranked by it locally (best-of-n; ``n`` in one request
+            where the model has its own ``n``). ``response_metadata["path"]`` is ``"urial+best_of_n"``
+            or ``"urial"`` and ``["reason"]`` says why; a strategy that needs logits, named explicitly
+            (``strategy="genarm"``), is a ``ConfigError``.
+
     Per-chain policies:
         ``ChatDeAL().configurable_deal()`` declares the configurable fields ``deal_reward``,
         ``deal_policy`` and ``deal_strategy``, so a chain picks its own with
@@ -101,7 +113,8 @@ class ChatDeAL(DeALSettings, BaseChatModel):
             "model": self.model, "strategy": self.strategy, "policy": self.policy,
             "reward": self.reward if isinstance(self.reward, (str, dict, type(None))) else repr(self.reward),
             "strategy_params": self.strategy_params, "temperature": self.temperature,
-            "max_tokens": self.max_tokens, "seed": self.seed,
+            "max_tokens": self.max_tokens, "seed": self.seed, "base_url": self.base_url,
+            "chat_model": None if self.chat_model is None else type(self.chat_model).__name__,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

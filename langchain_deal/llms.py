@@ -34,6 +34,10 @@ class DeALLLM(DeALSettings, BaseLLM):
     message when the model has a chat template (instruction models), ``False`` continues the raw text
     (base models), ``True`` always uses the template.
 
+    ``base_url``/``api_key``/``tokenizer`` and ``chat_model`` work as for ChatDeAL (a remote completions
+    server; a chat-only endpoint or any chat model answering the prompt as one user message through
+    URIAL, with best-of-n reranking when a reward is set).
+
     Each generation's ``generation_info`` holds the same metadata ChatDeAL puts in
     ``response_metadata`` (strategy, policy, reward breakdown, stats, token usage).
 

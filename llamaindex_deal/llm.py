@@ -94,6 +94,16 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         urial: align with the URIAL in-context prompt instead of the chat template (for base models):
             ``True`` (the "safe" examples), ``"help"``, or ``{"variant", "examples", "preamble"}``. The
             preamble's KV cache is computed once per model and reused.
+        base_url: an OpenAI-compatible server. With ``/v1/completions`` (vLLM, SGLang, llama.cpp,
+            ``deal serve``) the strategies run against it (``model`` is the served id, default: its
+            only model; ``tokenizer`` names its tokenizer when the server has no ``/tokenize``). A
+            chat-only endpoint (detected: no ``/v1/completions``) takes the chat path.
+        api_key, timeout, max_retries: the server's key and request limits.
+        chat_model: any LlamaIndex LLM (``OpenAILike(...)``, ...). Chat path: the URIAL prompt (``urial``
+            picks the examples), and with a reward ``n`` answers reranked by it locally (best-of-n;
+            OpenAI-compatible clients are asked once for ``n`` choices). The report's ``path`` is
+            ``"urial+best_of_n"`` or ``"urial"`` and ``reason`` says why; a strategy that needs logits,
+            named explicitly, is a ``ConfigError``; tools need a local model or a completions server.
 
     Per-call keyword arguments of ``complete``/``chat`` (and their stream and async forms) override
     the instance: ``policy``, ``reward``, ``strategy``, ``strategy_params``, ``max_new_tokens``,
