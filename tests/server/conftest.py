@@ -85,3 +85,12 @@ def guarded_url(tiny_model_dir: str, tiny_model: Any) -> Iterator[str]:
                                             max_prompt_chars=500, max_queue=1, max_running=1))
     with live_server(settings, tiny_model) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def fuzz_url(tiny_model_dir: str, tiny_model: Any) -> Iterator[str]:
+    """A server for fuzzing: no keys, at most 8 new tokens (4 by default), so every example is cheap."""
+    settings = ServerSettings(model=tiny_model_dir, served_name="tiny",
+                              limits=Limits(max_tokens=8, default_max_tokens=4, max_n=2, max_queue=8))
+    with live_server(settings, tiny_model) as url:
+        yield url
