@@ -102,14 +102,17 @@ def test_best_of_n_on_vllm_moves_the_reward(remote: RemoteModel) -> None:
     assert best.reward.total == max(best.stats.extra["sample_scores"])
 
 
-def test_args_on_vllm_moves_the_reward_against_weight_zero(remote: RemoteModel) -> None:
-    reward = {"type": "keywords", "words": ["frisbee"]}
-    prompt = "Write one sentence about a dog."
-    plain = generate(remote, prompt, strategy="args", reward=reward, weight=0.0, max_new_tokens=24)
-    guided = generate(remote, prompt, strategy="args", reward=reward, weight=3.0, max_new_tokens=24)
-    assert plain.reward is not None and guided.reward is not None
-    assert guided.reward.total > plain.reward.total
-    assert guided.stats.extra["requests"] == guided.stats.new_tokens
+def test_args_on_vllm_moves_the_reward_against_weight_zero(remote: RemoteModel, local: LocalModel) -> None:
+    prompt = "Write one sentence about a dog playing in a park."
+    forbidden = {"type": "keywords", "forbidden": ["park"]}
+    greedy = generate(remote, prompt, strategy="greedy", reward=forbidden, max_new_tokens=40)
+    plain = generate(remote, prompt, strategy="args", reward=forbidden, weight=0.0, max_new_tokens=40)
+    guided = generate(remote, prompt, strategy="args", reward=forbidden, weight=3.0, max_new_tokens=40)
+    assert plain.token_ids == greedy.token_ids and plain.reward is not None and plain.reward.total == -1.0
+    assert guided.reward is not None and guided.reward.total == 0.0 and "park" not in guided.text.lower()
+    assert guided.stats.extra["requests"] == guided.stats.new_tokens  # one top-k request per token
+    local_guided = generate(local, prompt, strategy="args", reward=forbidden, weight=3.0, max_new_tokens=40)
+    assert local_guided.reward is not None and local_guided.reward.total == guided.reward.total
 
 
 def test_urial_on_vllm(remote: RemoteModel) -> None:
