@@ -122,7 +122,8 @@ def has_completions(base_url: str, *, model: str | None, api_key: str | None,
                     options: dict[str, Any]) -> tuple[str, bool, str]:
     """``(served model id, whether /v1/completions exists, server root)``, asked of the server itself.
 
-    The model id comes from ``/v1/models`` (the only one listed when ``model`` is None). The probe is
+    The model id comes from ``/v1/models`` (the only one listed when ``model`` is None; a server without
+    the list needs ``model``). The probe is
     a completions request for at most one token of an empty prompt: a server with the endpoint answers
     it or rejects the empty prompt (400); a server without the endpoint answers 404 or 405.
 
@@ -134,7 +135,12 @@ def has_completions(base_url: str, *, model: str | None, api_key: str | None,
 
     probe = RemoteModel(base_url, api_key=api_key, **options)
     try:
-        listing = probe.get("/v1/models")
+        try:
+            listing = probe.get("/v1/models")
+        except BackendError as exc:
+            if exc.status != 404 or model is None:  # a chat API without a model list still needs a model id
+                raise
+            listing = {}
         ids = [str(m["id"]) for m in (listing.get("data") or []) if isinstance(m, Mapping) and m.get("id")]
         if model is None:
             if len(ids) != 1:

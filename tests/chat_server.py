@@ -3,7 +3,8 @@
 :class:`ChatServer` extends the test completions server with ``/v1/chat/completions`` (``n``,
 ``temperature``, ``max_tokens``, ``seed``, ``stop``, ``stream`` with a usage chunk) and, with
 ``completions=False``, serves no ``/v1/completions`` at all: a hosted chat API as the adapters meet one
-(the route is absent, so the server answers 404 as such APIs do). Every chat request body is recorded,
+(the route is absent, so the server answers 404 as such APIs do); with ``model_list=False`` it has no
+``/v1/models`` either. Every chat request body is recorded,
 and the answers given to it.
 """
 
@@ -24,9 +25,10 @@ class ChatServer(CompletionsServer):
     """``with ChatServer(model, completions=False) as server: server.base_url``; ``chat_requests`` records bodies."""
 
     def __init__(self, model: LocalModel, served_name: str = "tiny-chat", max_model_len: int = 2048,
-                 completions: bool = False) -> None:
+                 completions: bool = False, model_list: bool = True) -> None:
         super().__init__(model, served_name=served_name, max_model_len=max_model_len)
         self.completions = completions
+        self.model_list = model_list
         self.chat_requests: list[dict[str, Any]] = []
         self.chat_answers: list[list[str]] = []  # per request, the texts answered, in choice order
 
@@ -44,8 +46,10 @@ class ChatServer(CompletionsServer):
 
     def app(self) -> Any:
         app = super().app()
-        if not self.completions:
-            app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/v1/completions"]
+        dropped = {"/v1/completions"} if not self.completions else set()
+        if not self.model_list:
+            dropped.add("/v1/models")
+        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") not in dropped]
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Any:

@@ -17,6 +17,7 @@ from completions_server import CompletionsServer
 from langchain_core.messages import AIMessage
 
 from langchain_deal import ChatDeAL, DeALLLM
+from shared_core import BackendRequestError
 from shared_core.errors import ConfigError
 from shared_core.models import LocalModel
 from shared_core.rewards import CallableReward, WeightedReward
@@ -142,6 +143,14 @@ def test_a_chat_only_endpoint_is_detected_and_answered_through_urial(chat_only: 
     chunks = list(llm.stream("How do I keep basil fresh?"))
     assert len([c for c in chunks if c.content]) > 1  # one answer streams through the chat endpoint
     assert chunks[-1].response_metadata["path"] == "urial"
+
+
+def test_a_chat_endpoint_without_a_model_list_needs_the_model_id(tiny_lc: LocalModel) -> None:
+    with ChatServer(tiny_lc, completions=False, model_list=False) as server:
+        with pytest.raises(BackendRequestError):
+            ChatDeAL(base_url=server.base_url).invoke("Hi")
+        answer = ChatDeAL(base_url=server.base_url, model="tiny-chat", max_tokens=4).invoke("Hi")
+        assert (answer.response_metadata["path"], answer.response_metadata["model"]) == ("urial", "tiny-chat")
 
 
 def test_best_of_n_on_a_chat_endpoint_asks_for_n_answers_and_keeps_the_best(chat_only: ChatServer) -> None:

@@ -16,6 +16,7 @@ from completions_server import CompletionsServer
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
 from llamaindex_deal import DeAL
+from shared_core import BackendRequestError
 from shared_core.errors import ConfigError
 from shared_core.models import LocalModel, load_model
 from shared_core.rewards import CallableReward, WeightedReward
@@ -149,6 +150,14 @@ def test_a_chat_only_endpoint_is_detected_and_answered_through_urial(chat_only: 
     assert request["messages"][-1]["content"] == "How do I keep basil fresh?"
     meta = llm.metadata
     assert (meta.model_name, meta.is_chat_model, meta.is_function_calling_model) == ("tiny-chat", True, False)
+
+
+def test_a_chat_endpoint_without_a_model_list_needs_the_model_id(tiny: LocalModel) -> None:
+    with ChatServer(tiny, completions=False, model_list=False) as server:
+        with pytest.raises(BackendRequestError):
+            DeAL(base_url=server.base_url).complete("Hi")
+        answer = DeAL(base_url=server.base_url, model="tiny-chat", max_new_tokens=4).complete("Hi")
+        assert (answer.additional_kwargs["path"], answer.additional_kwargs["model"]) == ("urial", "tiny-chat")
 
 
 def test_best_of_n_on_a_chat_endpoint_asks_for_n_answers_and_keeps_the_best(chat_only: ChatServer) -> None:
