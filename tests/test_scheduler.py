@@ -218,6 +218,19 @@ def test_guided_requests_take_turns_without_starving_or_being_starved(tiny_model
         s.close()
 
 
+def test_queued_guided_requests_do_not_hold_plain_ones_back(tiny_model: LocalModel) -> None:
+    guided_args = {"strategy": "deal", "reward": KEYWORDS, "max_new_tokens": 400}
+    with Scheduler(tiny_model, max_batch=2, max_queue=4, max_guided=1) as scheduler:
+        guided = [scheduler.submit(build(tiny_model, p, **guided_args)) for p in PROMPTS[:2]]
+        wait_for(lambda: scheduler.stats()["running_guided"] == 1)
+        plain = scheduler.submit(build(tiny_model, PROMPTS[2], max_new_tokens=8))
+        assert plain.wait(30) and len(plain.result.token_ids) == 8  # admitted past the queued guided request
+        assert scheduler.stats()["queue_depth"] == 1 and not guided[1].done
+        for s in guided:
+            s.close()
+        assert all(s.result.finish_reason == "cancelled" for s in guided)
+
+
 # ------------------------------------------------------------------------------------------ async
 
 
@@ -285,12 +298,14 @@ def test_an_abandoned_async_iteration_cancels_its_request(tiny_model: LocalModel
 def test_shutdown_ends_every_request_and_leaves_no_thread(tiny_model: LocalModel) -> None:
     scheduler = Scheduler(tiny_model, max_batch=1, max_queue=4)
     running = scheduler.submit(build(tiny_model, PROMPTS[0], max_new_tokens=400))
-    guided = scheduler.submit(build(tiny_model, PROMPTS[1], strategy="deal", reward=KEYWORDS, max_new_tokens=40))
+    guided = scheduler.submit(build(tiny_model, PROMPTS[1], strategy="deal", reward=KEYWORDS, max_new_tokens=400))
+    queued = scheduler.submit(build(tiny_model, PROMPTS[2], max_new_tokens=40))
     wait_for(lambda: running.tokens_generated >= 2)
     scheduler.shutdown()
     assert not any(t.name == "deal-scheduler" and t.is_alive() for t in threading.enumerate())
     assert running.result.finish_reason == "cancelled" and running.result.token_ids
-    assert guided.result.finish_reason == "cancelled" and guided.result.token_ids == []
+    assert guided.result.finish_reason == "cancelled" and len(guided.result.token_ids) < 400
+    assert queued.result.finish_reason == "cancelled" and queued.result.token_ids == []
     with pytest.raises(SchedulerClosed):
         scheduler.submit(build(tiny_model, PROMPTS[0], max_new_tokens=4))
     assert scheduler.stats()["closed"] is True

@@ -2,10 +2,12 @@
 
 One background thread owns the model. Each turn of its loop it
 
-1. admits queued requests while fewer than ``max_batch`` run (first come, first served): a greedy or
-   sampled request is prefilled on its own (the same forward ``generate`` runs, so its first token
-   is the same) and joins the running batch; any other strategy (the reward-guided ones, URIAL, a
-   request with a cached prefix) gets an engine stream (:class:`~shared_core.decoding.GenerationStream`);
+1. admits queued requests, first come first served within each lane: a greedy or sampled request
+   (up to ``max_batch`` rows) is prefilled on its own (the same forward ``generate`` runs, so its first
+   token is the same) and joins the running batch; any other strategy (the reward-guided ones, URIAL,
+   a request with a cached prefix; up to ``max_guided`` at once) gets an engine stream
+   (:class:`~shared_core.decoding.GenerationStream`). The lanes have separate slots, so a burst of slow
+   guided requests never holds plain ones in the queue;
 2. runs either one batched forward for every running greedy/sampled row (:mod:`.batch`) or one
    turn of one guided request (round robin, one committed chunk through the normal engine). The two
    lanes share the device by time: whichever has used less time since both had work goes next, so
@@ -192,8 +194,10 @@ class Scheduler:
     Args:
         model: the loaded model every request runs on (a request's ``model`` may be ``None``, this
             model, or its name).
-        max_batch: the most requests running at once (batch rows and guided requests together).
+        max_batch: the most greedy/sampled requests decoding together (rows of the running batch).
         max_queue: the most requests waiting to start; :meth:`submit` raises :class:`QueueFull` beyond.
+        max_guided: the most guided requests taking turns at once (default ``max(1, max_batch // 4)``);
+            more only make each one slower, as they share the device turn by turn.
 
     Example:
         >>> sched = Scheduler(load_model("smollm2"))                              # doctest: +SKIP
@@ -202,21 +206,28 @@ class Scheduler:
         >>> sched.shutdown()                                                      # doctest: +SKIP
     """
 
-    def __init__(self, model: LocalModel, max_batch: int = 16, max_queue: int = 64) -> None:
+    def __init__(self, model: LocalModel, max_batch: int = 16, max_queue: int = 64,
+                 max_guided: int | None = None) -> None:
         if not isinstance(model, LocalModel):
             raise ConfigError("model", f"must be a loaded LocalModel (load_model(...)), got {type(model).__name__}")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ConfigError("max_batch", f"must be a positive integer, got {max_batch!r}")
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
             raise ConfigError("max_queue", f"must be a non-negative integer, got {max_queue!r}")
+        if max_guided is None:
+            max_guided = max(1, max_batch // 4)
+        if isinstance(max_guided, bool) or not isinstance(max_guided, int) or max_guided < 1:
+            raise ConfigError("max_guided", f"must be a positive integer, got {max_guided!r}")
         self.model = model
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_guided = max_guided
         self._cond = threading.Condition()
         self._pending: deque[_Entry] = deque()
         self._batch = RunningBatch(model)
         self._serial: deque[_Entry] = deque()
         self._closing = False
+        self._broken: BaseException | None = None  # an internal error that stopped the loop
         self._joinable: bool | None = None  # learnt from the first prefill's cache
         self._lane_seconds = {"batch": 0.0, "serial": 0.0}
         self._counts = {"submitted": 0, "rejected": 0, "completed": 0, "cancelled": 0, "failed": 0,
@@ -252,6 +263,9 @@ class Scheduler:
             entry.job = make_jobs(request)[0]  # renders and checks the prompt here, in the caller's thread
         with self._cond:
             if self._closing:
+                if self._broken is not None:
+                    raise SchedulerClosed(f"the scheduler stopped after an internal error: {self._broken!r}") \
+                        from self._broken
                 raise SchedulerClosed("the scheduler was shut down")
             if len(self._pending) >= self.max_queue:
                 self._counts["rejected"] += 1
@@ -276,6 +290,7 @@ class Scheduler:
             "running_guided": running_serial,
             "max_batch": self.max_batch,
             "max_queue": self.max_queue,
+            "max_guided": self.max_guided,
             "continuous_batching": self._joinable is not False,
             "mean_batch_size": round(counts["batch_rows_stepped"] / steps, 3) if steps else 0.0,
             "lane_seconds": {k: round(v, 4) for k, v in lanes.items()},
@@ -322,19 +337,45 @@ class Scheduler:
             try:
                 while True:
                     with self._cond:
-                        while not self._closing and not self._pending and not self._batch.rows and not self._serial:
+                        while not self._closing and not self._admissible() and not self._batch.rows \
+                                and not self._serial:
                             self._cond.wait()
                         if self._closing:
                             break
-                        admitted = []
-                        while self._pending and len(self._batch) + len(self._serial) + len(admitted) < self.max_batch:
-                            admitted.append(self._pending.popleft())
                         self._sweep_cancelled_pending()
+                        admitted = self._take_admissible()
                     for entry in admitted:
                         self._admit(entry)
                     self._turn()
+            except BaseException as exc:  # a bug in the loop itself: fail everyone loudly rather than hang them
+                self._broken = exc
+                with self._cond:
+                    self._closing = True
+                self._fail_everything(exc)
+                raise
             finally:
                 self._cancel_everything()
+
+    def _room(self) -> dict[Lane, int]:
+        return {"batch": self.max_batch - len(self._batch), "serial": self.max_guided - len(self._serial)}
+
+    def _admissible(self) -> bool:
+        """Whether a queued request (or a cancelled one to sweep) can be taken now (condition held)."""
+        room = self._room()
+        return any(e.token.cancelled or room[e.lane] > 0 for e in self._pending)
+
+    def _take_admissible(self) -> list[_Entry]:
+        """Queued requests whose lane has room, in arrival order (condition held); the rest keep their place."""
+        room = self._room()
+        taken, kept = [], deque()
+        for entry in self._pending:
+            if room[entry.lane] > 0:
+                room[entry.lane] -= 1
+                taken.append(entry)
+            else:
+                kept.append(entry)
+        self._pending = kept
+        return taken
 
     def _sweep_cancelled_pending(self) -> None:
         """Ends queued requests that were cancelled before they ran (called with the condition held)."""
@@ -475,7 +516,7 @@ class Scheduler:
 
     def _serial_turn(self) -> None:
         """One chunk of the guided request at the head of the round robin, through the normal engine."""
-        entry = self._serial.popleft()
+        entry = self._serial[0]  # it keeps its place (and its slot) during its turn
         stream = entry.stream
         assert stream is not None
         try:
@@ -485,13 +526,15 @@ class Scheduler:
             else:
                 delta = next(stream, None)
         except Exception as exc:  # noqa: BLE001 - the request fails, the loop goes on
+            self._serial.popleft()
             self._fail(entry, exc)
             return
         self._counts["serial_turns"] += 1
         if delta is not None:
             entry.channel.put(delta)
-            self._serial.append(entry)
+            self._serial.rotate(-1)  # to the back of the round robin
             return
+        self._serial.popleft()
         try:
             result = stream.result
         except Exception as exc:  # noqa: BLE001
@@ -515,6 +558,12 @@ class Scheduler:
         self._counts["failed"] += 1
         entry.ended.set()
         entry.channel.end(error)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        for row in self._batch.clear():
+            self._fail(row.owner, error)
+        while self._serial:
+            self._fail(self._serial.popleft(), error)
 
     def _cancel_everything(self) -> None:
         """At shutdown: every running and queued request ends as cancelled with what it has."""
