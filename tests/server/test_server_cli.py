@@ -23,15 +23,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_command_end_to_end(tiny_model_dir: str, tmp_path: Path) -> None:
+@pytest.mark.embedded
+def test_serve_command_end_to_end(tmp_path: Path) -> None:
+    """``deal serve`` with its defaults (the embedded SmolLM2) in a process of its own."""
     policies = tmp_path / "policies.yaml"
     policies.write_text("terse:\n  reward: {type: length, max_words: 3}\n  strategy: deal\n"
                         "  description: Three words.\n")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared_core.cli", "serve", "--model", tiny_model_dir, "--served-name", "tiny",
-         "--port", str(port), "--policies", str(policies), "--api-key", "k1", "--max-tokens", "16"],
+        [sys.executable, "-m", "shared_core.cli", "serve", "--served-name", "tiny", "--port", str(port), "--policies", str(policies), "--api-key", "k1", "--max-tokens", "16"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

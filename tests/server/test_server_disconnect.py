@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SLOW = {"model": "tiny", "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 256,
+SLOW = {"model": "tiny", "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 200,
         "deal": {"strategy": "deal", "reward": {"type": "keywords", "words": ["x"]},
                  "params": {"top_k": 8, "lookahead": 4}}}
 
@@ -46,7 +46,7 @@ def test_full_run_is_long_enough_to_interrupt(tiny_url: str) -> None:
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] > 100
     assert time.monotonic() - started > 1.0
-    assert forward_passes(tiny_url) - before > 200
+    assert forward_passes(tiny_url) - before > 150
 
 
 def test_stream_disconnect_cancels_decoding(tiny_url: str) -> None:
@@ -61,7 +61,7 @@ def test_stream_disconnect_cancels_decoding(tiny_url: str) -> None:
     spent = forward_passes(tiny_url) - before_passes
     time.sleep(0.3)
     assert forward_passes(tiny_url) - before_passes == spent  # no more model calls after the stop
-    assert spent < 150  # far less than the full run
+    assert spent < 100  # far less than the full run
     assert cancelled_requests(tiny_url) == before_cancelled + 1
     quick = httpx.post(tiny_url + "/v1/chat/completions", timeout=10,
                        json={"model": "tiny", "messages": SLOW["messages"], "max_tokens": 3})
@@ -85,4 +85,4 @@ def test_non_streaming_disconnect_cancels_decoding(tiny_url: str) -> None:
     assert wait_idle(tiny_url, 2.0) < 2.0
     spent = forward_passes(tiny_url) - before
     time.sleep(0.3)
-    assert forward_passes(tiny_url) - before == spent < 200
+    assert forward_passes(tiny_url) - before == spent < 100

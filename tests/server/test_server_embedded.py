@@ -25,8 +25,8 @@ def client(smollm2: Any) -> Iterator[openai.OpenAI]:
 def test_inline_reward_through_extra_body_changes_the_answer(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Write one sentence about a dog playing in a park."}]
     reward = {"type": "keywords", "forbidden": ["park"]}
-    plain = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=30)
-    aligned = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=30, extra_body={
+    plain = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=20)
+    aligned = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=20, extra_body={
         "deal": {"reward": reward, "strategy": "args", "params": {"weight": 3.0}}})
     assert "park" in plain.choices[0].message.content.lower()
     assert "park" not in aligned.choices[0].message.content.lower()
