@@ -177,6 +177,15 @@ class CompletionsServer:
                 return JSONResponse({"error": {"message": "maximum context length exceeded"}}, status_code=400)
             n = int(body.get("n") or 1)
             seed = body.get("seed")
+            if body.get("prompt_logprobs") is not None and not self.faults.no_logprobs:
+                with self._lock, torch.no_grad():
+                    logits = self.model.model(input_ids=torch.tensor([prompts[0]])).logits[0].float()
+                scores = torch.log_softmax(logits, -1)
+                entries: list[Any] = [None] + [
+                    {str(t): {"logprob": float(scores[i, t]), "rank": 1}} for i, t in enumerate(prompts[0][1:])]
+                choice = self.generate_one(prompts[0], body, seed)
+                choice.update(index=0, prompt_logprobs=entries)
+                return {"id": "cmpl-test", "object": "text_completion", "choices": [choice]}
             if body.get("stream"):
                 return StreamingResponse(self._stream(prompts[0], body, seed), media_type="text/event-stream")
             choices = []

@@ -384,3 +384,20 @@ def test_speculative_rejection_prunes_with_one_request_per_check(remote: RemoteM
     prompts = [len(b["prompt"]) if isinstance(b["prompt"][0], list) else 1 for b in server.requests[1:]]
     assert prompts == [2, 1, 1]  # the survivors continued, in one request per check
     assert result.stats.new_tokens == 10 and result.reward is not None
+
+
+def test_prompt_logprobs_match_the_local_model(remote: RemoteModel, server: CompletionsServer,
+                                               tiny_model: LocalModel) -> None:
+    import torch
+
+    ids = tiny_model.render(PROMPTS[1])
+    got = remote.prompt_logprobs(ids)
+    with torch.no_grad():
+        logits = tiny_model.model(input_ids=torch.tensor([ids])).logits[0].float()
+    want = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    assert got[0] is None and len(got) == len(ids)
+    assert torch.allclose(torch.tensor(got[1:]), want, atol=1e-4)
+    assert server.requests[-1]["prompt_logprobs"] == 0
+    server.faults.no_logprobs = True
+    with pytest.raises(BackendFeatureError, match="prompt_logprobs"):
+        remote.prompt_logprobs(ids)

@@ -415,6 +415,32 @@ class RemoteModel:
         top = completion.top[0] if completion.top else []
         return [t for t, _ in top], [lp for _, lp in top]
 
+    def prompt_logprobs(self, ids: Sequence[int], stats: GenerationStats | None = None) -> list[float | None]:
+        """The log-prob of each token of ``ids`` given the tokens before it (``None`` for the first), one request.
+
+        Uses vLLM's ``prompt_logprobs``; a server that returns none raises :class:`BackendFeatureError`.
+        """
+        payload = self._payload(list(map(int, ids)), n=1, max_tokens=1, temperature=0.0, top_p=1.0, top_k=0,
+                                seed=None, stop=(), logprobs=None, repetition_penalty=None)
+        payload["prompt_logprobs"] = 0
+        data = self.post("/v1/completions", payload, stats)
+        _count(stats, "requests")
+        _count(stats, "prompt_tokens_sent", len(payload["prompt"]))
+        choices = data.get("choices") or [{}]
+        raw = choices[0].get("prompt_logprobs") or data.get("prompt_logprobs")
+        if not isinstance(raw, list) or len(raw) != len(payload["prompt"]):
+            raise BackendFeatureError(f"{self.base_url}/v1/completions returned no prompt_logprobs; the server must "
+                                      "support them (vLLM does)", url=self.base_url + "/v1/completions")
+        out: list[float | None] = []
+        for token, entry in zip(payload["prompt"], raw):
+            if not entry:
+                out.append(None)
+                continue
+            found = entry.get(str(token), entry.get(f"{_TOKEN_ID_PREFIX}{token}"))
+            value = found.get("logprob") if isinstance(found, Mapping) else found
+            out.append(None if value is None else float(value))
+        return out
+
     def stream_tokens(self, prefix_ids: Sequence[int], *, max_tokens: int, temperature: float = 0.0,
                       top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
                       repetition_penalty: float | None = None,

@@ -125,3 +125,15 @@ def test_genarm_on_vllm_is_a_config_error(remote: RemoteModel) -> None:
     with pytest.raises(ConfigError) as err:
         generate(remote, "hi", strategy="genarm", reward={"type": "arm", "model": "smollm2"})
     assert err.value.field == "strategy" and "'logits'" in str(err.value) and "genarm" in str(err.value)
+
+
+def test_prompt_logprobs_from_vllm_match_local(remote: RemoteModel, local: LocalModel) -> None:
+    import torch
+
+    ids = local.render(PROMPTS[1])
+    got = remote.prompt_logprobs(ids)
+    with torch.no_grad():
+        logits = local.model(input_ids=torch.tensor([ids])).logits[0].float()
+    want = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    assert got[0] is None
+    assert torch.allclose(torch.tensor(got[1:]), want, atol=1e-2)
