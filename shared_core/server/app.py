@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from shared_core.errors import ConfigError
 from shared_core.models import load_model
 from shared_core.result import GenerationResult
 from shared_core.server.errors import APIError, install_error_handlers, to_api_error
@@ -97,10 +98,11 @@ async def _cancel_on_disconnect(http: Request, streams: Sequence[Any]) -> AsyncI
         task.cancel()
 
 
-async def _drain(stream: Any) -> GenerationResult:
-    async for _ in stream:
-        pass
-    return stream.result
+def _api_error(prepared: Prepared, exc: BaseException) -> APIError:
+    """The API error for a failure while queueing or decoding; a chat request's prompt is its ``messages``."""
+    if isinstance(exc, ConfigError) and exc.field == "prompt" and prepared.kind == "chat":
+        exc = ConfigError("messages", str(exc).split(": ", 1)[-1])
+    return to_api_error(exc)
 
 
 def create_app(settings: ServerSettings, model: Any = None) -> FastAPI:
@@ -139,7 +141,7 @@ def create_app(settings: ServerSettings, model: Any = None) -> FastAPI:
         try:
             streams = served.submit(prepared)
         except Exception as exc:
-            err = to_api_error(exc)
+            err = _api_error(prepared, exc)
             count(endpoint, strategy, err.status)
             raise err from None
         metrics.queue_depth.labels(strategy).inc(len(streams))
@@ -169,7 +171,7 @@ def create_app(settings: ServerSettings, model: Any = None) -> FastAPI:
             except Exception as exc:
                 for s in streams:
                     s.cancel()
-                err = to_api_error(exc)
+                err = _api_error(prepared, exc)
                 count(endpoint, strategy, err.status)
                 raise err from None
         for r in results:
@@ -194,7 +196,7 @@ def create_app(settings: ServerSettings, model: Any = None) -> FastAPI:
                 for s in streams:
                     s.cancel()
                 metrics.queue_depth.labels(strategy).dec(len(streams))
-                err = to_api_error(exc)
+                err = _api_error(prepared, exc)
                 count(endpoint, strategy, err.status)
                 raise err from None
         metrics.queue_depth.labels(strategy).dec(len(streams))
@@ -220,7 +222,7 @@ def create_app(settings: ServerSettings, model: Any = None) -> FastAPI:
                 status = "cancelled"
                 raise
             except Exception as exc:
-                err = to_api_error(exc)
+                err = _api_error(prepared, exc)
                 status = err.status
                 yield sse(err.body())
             finally:

@@ -1,6 +1,7 @@
 """How the server runs requests: :func:`make_scheduler` (the one place that picks the scheduler).
 
-:class:`ThreadScheduler` has the interface of ``shared_core.scheduler.Scheduler`` (``submit(request)``
+A local model is served by ``shared_core.scheduler.Scheduler`` (continuous batching). A remote model
+(``--base-url``), which that scheduler does not take, by :class:`ThreadScheduler`: it has the same interface (``submit(request)``
 -> a stream of text deltas with ``result`` and ``cancel()``, readable with ``for`` or ``async for``;
 ``stats()``; ``shutdown()``; :class:`QueueFull` with ``retry_after`` when too many wait). It decodes each
 request with ``shared_core.stream`` in a thread of its own, ``max_batch`` at a time (forward passes
@@ -17,8 +18,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from shared_core.decoding.engine import stream as engine_stream
+from shared_core.models import LocalModel
 from shared_core.request import Request
 from shared_core.result import GenerationResult, GenerationStats
+from shared_core.scheduler import Scheduler
 from shared_core.server.errors import QueueFull
 
 __all__ = ["ThreadScheduler", "ThreadStream", "make_scheduler"]
@@ -27,7 +30,10 @@ _DELTA, _END, _ERROR = "delta", "end", "error"
 
 
 def make_scheduler(model: Any, *, max_batch: int, max_queue: int) -> Any:
-    """The scheduler that decodes the server's requests."""
+    """The scheduler that decodes the server's requests: continuous batching for a local model
+    (:class:`shared_core.scheduler.Scheduler`); a thread per request for a remote one, whose engine batches."""
+    if isinstance(model, LocalModel):
+        return Scheduler(model, max_batch=max_batch, max_queue=max_queue)
     return ThreadScheduler(model, max_batch=max_batch, max_queue=max_queue)
 
 

@@ -29,7 +29,8 @@ class Limits:
     ``max_body_bytes``: larger bodies get 413. ``max_tokens``: the most new tokens per choice (400 above).
     ``default_max_tokens``: used when a request names none. ``max_n``: choices per request.
     ``max_prompt_chars``: characters in all messages (or prompts) together. ``max_queue``: requests
-    waiting for the model before new ones get 429. ``max_running``: requests decoding at once.
+    waiting for the model before new ones get 429. ``max_running``: requests decoding at once (the
+    scheduler's ``max_batch``; a quarter of it, at least one, for reward-guided strategies).
     ``max_search``: the largest search width (``n``, ``candidates``, ``beam_width``, ``k`` ...) a
     request's strategy parameters may set.
     """
@@ -40,7 +41,7 @@ class Limits:
     max_n: int = 4
     max_prompt_chars: int = 32_000
     max_queue: int = 64
-    max_running: int = 4
+    max_running: int = 16
     max_search: int = 16
 
 

@@ -19,9 +19,9 @@ DECODED_FIELDS = {"model", "messages", "prompt", "max_tokens", "temperature", "t
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_no_generated_request_gets_a_server_error(fuzz_url: str, mode: str) -> None:
     import schemathesis
-    from schemathesis import GenerationMode
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
 
     schema = schemathesis.openapi.from_url(fuzz_url + "/openapi.json")
     failures: list[str] = []

@@ -171,3 +171,12 @@ def test_metrics_are_prometheus_text_per_strategy(guarded_url: str) -> None:
                    "deal_queue_depth{strategy=", "deal_scheduler_queue_depth ",
                    'deal_requests_total{endpoint="chat",status="401",strategy="none"}'):
         assert needle in text, needle
+
+
+def test_prompt_over_the_context_window_is_400_naming_messages(tiny_url: str) -> None:
+    """The tiny model reads 512 tokens; the check runs before any decoding."""
+    response = chat(tiny_url, {"messages": [{"role": "user", "content": "word " * 700}]}, key=None)
+    assert response.status_code == 400 and error_of(response)["param"] == "messages"
+    assert "context window" in error_of(response)["message"]
+    streamed = chat(tiny_url, {"messages": [{"role": "user", "content": "word " * 700}], "stream": True}, key=None)
+    assert streamed.status_code == 400 and error_of(streamed)["param"] == "messages"
