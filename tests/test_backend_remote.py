@@ -274,8 +274,11 @@ def test_a_server_declared_without_top_logprobs_refuses_args(server: Completions
         handle.close()
 
 
-def test_a_strategy_without_a_remote_implementation_is_refused(remote: RemoteModel,
-                                                               server: CompletionsServer) -> None:
+def test_a_strategy_without_a_remote_implementation_is_refused(remote: RemoteModel, server: CompletionsServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared_core.backends import remote_decoding
+
+    monkeypatch.delitem(remote_decoding.REMOTE_STRATEGIES, "cards")
     with pytest.raises(ConfigError, match="'cards' has no remote implementation"):
         generate(remote, "hi", strategy="cards", reward=KEYWORDS)
     assert server.requests == []
@@ -401,3 +404,27 @@ def test_prompt_logprobs_match_the_local_model(remote: RemoteModel, server: Comp
     server.faults.no_logprobs = True
     with pytest.raises(BackendFeatureError, match="prompt_logprobs"):
         remote.prompt_logprobs(ids)
+
+
+def test_top_entropy_is_a_lower_bound_of_the_entropy() -> None:
+    import torch
+
+    from shared_core.backends.remote_decoding import top_entropy
+
+    logprobs = torch.log_softmax(torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 2, -1)
+    exact = float(-(logprobs.exp() * logprobs).sum())
+    top = torch.topk(logprobs, 20)
+    estimate = top_entropy(list(zip(top.indices.tolist(), top.values.tolist())))
+    assert estimate <= exact + 1e-6 and estimate > 0.5 * exact
+    full = torch.topk(logprobs, 1000)
+    assert abs(top_entropy(list(zip(full.indices.tolist(), full.values.tolist()))) - exact) < 1e-4
+
+
+def test_cards_tries_segments_with_one_request_each(remote: RemoteModel, server: CompletionsServer) -> None:
+    longest = lambda texts: [float(len(t)) for t in texts]  # noqa: E731 - a reward function
+    result = generate(remote, PROMPTS[1], strategy="cards", reward=longest, candidates=2, min_segment=2,
+                      max_segment=4, seed=0, max_new_tokens=12)
+    extra = result.stats.extra
+    assert extra["requests"] == extra["tries"] == len(server.requests) >= extra["segments"] >= 3
+    assert all(body["n"] == 2 and body["logprobs"] == 20 and body["max_tokens"] <= 5 for body in server.requests)
+    assert result.stats.new_tokens == 12 and 2 <= extra["mean_segment_tokens"] <= 4

@@ -36,6 +36,8 @@ from shared_core.backends.remote import Completion, RemoteModel
 from shared_core.decoding.args import TextRewardCache
 from shared_core.decoding.base import DecodeJob, Strategy
 from shared_core.decoding.candidates import stopped_by_string
+from shared_core.decoding.cards import _Candidate as _Segment_Candidate
+from shared_core.decoding.cards import _Cards, _Segment
 from shared_core.decoding.lookahead import (
     MAX_REPAIRS,
     _common_prefix,
@@ -435,6 +437,84 @@ def _speculative_rejection(job: RemoteJob) -> Iterator[Sequence[int]]:
     _end(job, finish.get(chosen.index))
 
 
+# --------------------------------------------------------------------------- CARDS
+
+#: Top log-probs asked per position to estimate the policy's entropy (vLLM's default ``--max-logprobs``).
+ENTROPY_TOP_K = 20
+
+
+def top_entropy(top: Sequence[tuple[int, float]]) -> float:
+    """A lower bound of the next-token entropy (nats) from its top-k log-probs.
+
+    The mass outside the top-k is spread over tokens no likelier than the k-th, so each of them adds at
+    least ``-log p_k`` per unit of mass: ``H >= -sum p_i log p_i - (1 - sum p_i) log p_k``.
+    """
+    if not top:
+        return 0.0
+    probs = [math.exp(lp) for _, lp in top]
+    known = -sum(p * lp for p, (_, lp) in zip(probs, top))
+    rest = max(0.0, 1.0 - sum(probs))
+    return known + rest * -min(lp for _, lp in top)
+
+
+def _cards(job: RemoteJob) -> Iterator[Sequence[int]]:
+    """CARDS: each try is ONE request for ``candidates`` segments with the top-20 log-probs at every position;
+    a segment ends where the estimated entropy (:func:`top_entropy`) reaches the threshold, the rest of the
+    continuation is dropped; acceptance is the local search's (``_Cards.decide``)."""
+    p = job.params
+    cards = _Cards(job, p)
+    remote = job.remote
+    job.stats.extra["entropy"] = f"lower bound from the top-{ENTROPY_TOP_K} log-probs"
+    prefix: list[int] = []
+    if cards.guided:
+        cards.base = cards.rewards([[]])[0]  # type: ignore[misc]
+        job.stats.extra["empty_text_reward"] = cards.base
+    prefix_score = cards.base
+    lengths: list[int] = []
+    tries = 0
+    while True:
+        segment = _Segment()
+        accepted = None
+        budget = job.max_new_tokens - len(prefix)
+        while accepted is None:
+            seed = None if job.seed is None else job.seed + tries * cards.width
+            tries += 1
+            segment.tries += 1
+            cards.stats["tries"] += 1
+            outs = remote.propose(
+                job.prompt_ids + prefix, cards.width, max_tokens=min(p.max_segment + 1, budget),
+                temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=seed, logprobs=ENTROPY_TOP_K,
+                stop=job.state.stop_strings, repetition_penalty=job.repetition_penalty, stats=job.stats)
+            candidates = []
+            for index, out in enumerate(outs):
+                candidate = _Segment_Candidate(index, ended=True)
+                assert out.top is not None
+                for j, token in enumerate(out.token_ids):
+                    if j >= p.min_segment and (j >= p.max_segment or top_entropy(out.top[j]) >= p.entropy_threshold):
+                        break  # pauses before token j
+                    candidate.tokens.append(token)
+                    if token in cards.eos or len(candidate.tokens) >= budget \
+                            or stopped_by_string(job, prefix + candidate.tokens):
+                        candidate.finished = True
+                        break
+                else:
+                    candidate.finished = out.finish_reason == "stop" or len(candidate.tokens) >= budget
+                cards.stats["sample_tokens"] += len(candidate.tokens)
+                candidates.append(candidate)
+            _, accepted = cards.decide(prefix, candidates, 0, segment, prefix_score)
+        cards.stats["segments"] += 1
+        lengths.append(len(accepted.tokens))
+        cards.stats["mean_segment_tokens"] = sum(lengths) / len(lengths)
+        yield accepted.tokens
+        if accepted.finished or job.finished:
+            if accepted.finished and not job.finished:
+                _end(job, "stop")
+            return
+        prefix = prefix + accepted.tokens
+        if accepted.score is not None:
+            prefix_score = accepted.score
+
+
 # --------------------------------------------------------------------------- the strategies served remotely
 
 #: Strategy name -> its remote implementation.
@@ -445,6 +525,7 @@ REMOTE_STRATEGIES: dict[str, Callable[[RemoteJob], Iterator[Sequence[int]]]] = {
     "args": _args,
     "deal": _deal,
     "speculative_rejection": _speculative_rejection,
+    "cards": _cards,
 }
 
 

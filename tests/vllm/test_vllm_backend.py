@@ -137,3 +137,16 @@ def test_prompt_logprobs_from_vllm_match_local(remote: RemoteModel, local: Local
     want = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
     assert got[0] is None
     assert torch.allclose(torch.tensor(got[1:]), want, atol=1e-2)
+
+
+def test_cards_and_speculative_rejection_on_vllm(remote: RemoteModel) -> None:
+    words = KEYWORD_TASKS[0]
+    reward = {"type": "keywords", "words": words}
+    cards = generate(remote, keyword_prompt(words), strategy="cards", reward=reward, seed=0, max_new_tokens=48)
+    assert cards.reward is not None and cards.reward.total == 1.0
+    assert cards.stats.extra["requests"] == cards.stats.extra["tries"]  # one request per try of a segment
+    rejection = generate(remote, keyword_prompt(words), strategy="speculative_rejection", reward=reward, n=8, seed=0,
+                         max_new_tokens=48)
+    extra = rejection.stats.extra
+    assert rejection.reward is not None and rejection.reward.total == extra["chosen_score"]
+    assert extra["requests"] <= 1 + len(extra["checks"])
