@@ -428,3 +428,16 @@ def test_cards_tries_segments_with_one_request_each(remote: RemoteModel, server:
     assert extra["requests"] == extra["tries"] == len(server.requests) >= extra["segments"] >= 3
     assert all(body["n"] == 2 and body["logprobs"] == 20 and body["max_tokens"] <= 5 for body in server.requests)
     assert result.stats.new_tokens == 12 and 2 <= extra["mean_segment_tokens"] <= 4
+
+
+def test_a_greedy_batch_is_one_request_with_a_list_of_prompts(remote: RemoteModel, server: CompletionsServer,
+                                                              tiny_model: LocalModel) -> None:
+    got = generate(remote, PROMPTS, max_new_tokens=6)
+    want = generate(tiny_model, PROMPTS, max_new_tokens=6)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert len(server.requests) == 1 and len(server.requests[0]["prompt"]) == len(PROMPTS)
+    assert all(r.stats.extra["shared_request"] == len(PROMPTS) for r in got)
+    server.requests.clear()
+    seeded = generate(remote, PROMPTS[:2], strategy="sample", temperature=1.0, seed=5, max_new_tokens=4)
+    assert [body["seed"] for body in server.requests] == [5, 6]  # seed + i per prompt, as locally
+    assert len(seeded) == 2

@@ -17,6 +17,9 @@ Round trips (each one ``/v1/completions`` request; ``stats.extra["requests"]`` c
 * ``args``: one ``max_tokens=1, logprobs=k`` request per token (the top-k it re-ranks).
 * ``speculative_rejection``: one request with ``n`` up to the first check, then one per check
   continuing the survivors (a list of prompts).
+* ``cards``: one request per try (``candidates`` segments, top-20 log-probs per position for the
+  entropy that ends a segment).
+* a batch of prompts with ``greedy`` (or unseeded ``sample``): one request with the list of prompts.
 
 The request's logits processors cannot run on the server: a repetition penalty is sent as the
 server's ``repetition_penalty`` (layout tokens are not exempt there); the rest have no remote form.
@@ -168,6 +171,21 @@ def _plain(job: RemoteJob, params: SamplingParams) -> Iterator[Sequence[int]]:
                 return
     finally:
         tokens.close()  # type: ignore[attr-defined]
+
+
+def _plain_batch(jobs: list[RemoteJob], params: SamplingParams) -> Iterator[list[Sequence[int]]]:
+    """Several prompts' continuations in one request; each job's stats count the request it shared."""
+    first = jobs[0]
+    outs = first.remote.complete(
+        [job.prompt_ids for job in jobs], n=1, max_tokens=min(job.max_tokens for job in jobs),
+        temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, stop=first.state.stop_strings,
+        repetition_penalty=first.repetition_penalty)
+    for job, (out,) in zip(jobs, outs):
+        job.stats.extra.update(requests=1, prompt_tokens_sent=len(job.prompt_ids), tokens_proposed=len(out.token_ids),
+                               shared_request=len(jobs))
+    yield [out.token_ids for (out,) in outs]
+    for job, (out,) in zip(jobs, outs):
+        _end(job, out.finish_reason)
 
 
 def _greedy(job: RemoteJob) -> Iterator[Sequence[int]]:
@@ -541,6 +559,16 @@ class _RemoteStrategy(Strategy):
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
         assert isinstance(job, RemoteJob)
         return self._decode(job)
+
+    def decode_batch(self, jobs: Sequence[DecodeJob]) -> Iterator[list[Sequence[int]]] | None:
+        """Greedy (and unseeded sampling) over a batch of prompts: ONE request with the list of prompts."""
+        if self.name not in ("greedy", "sample") or len(jobs) < 2:
+            return None
+        remote_jobs = [job for job in jobs if isinstance(job, RemoteJob)]
+        params = SamplingParams(temperature=0.0) if self.name == "greedy" else remote_jobs[0].params
+        if not params.greedy and remote_jobs[0].seed is not None:
+            return None  # each prompt has its own seed (seed + i), as locally: one request each
+        return _plain_batch(remote_jobs, params)
 
 
 def strategy_for(request: Request) -> Strategy:
