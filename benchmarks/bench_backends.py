@@ -10,9 +10,12 @@ each strategy on two backends:
 
 Reported per backend and strategy: median seconds per prompt, the time ratio to that backend's greedy
 (median over prompts of per-prompt ratios; each timing the median of ``--repeats`` runs, strategies
-interleaved), mean keyword coverage and new tokens. Then, on vLLM, the aggregate tokens/s of
+interleaved), mean keyword coverage, new tokens and (remote) requests per call, and the share of
+prompts where vLLM's text equals the local text (sampling strategies differ: the server samples with
+its own generator). Then, on vLLM, the aggregate tokens/s of
 ``--concurrency`` ``deal`` requests sent from that many threads at once vs the same requests one after
-another: what a server engine's batching gives the remote backend. A strategy a backend cannot run is
+another: what a server engine's batching gives the remote backend (and the same for ``greedy``, one
+request per call, for comparison). A strategy a backend cannot run is
 recorded with its error, not dropped. The JSON notes the machine and its load (``os.getloadavg``).
 
 Run: ``.venv/bin/python benchmarks/bench_backends.py`` (server start-up about 3 minutes on 2 cores,
@@ -162,7 +165,21 @@ def run_strategies(model: Any, prompts: list[tuple[str, list[str]]], names: list
             "mean_coverage": statistics.fmean(r[name]["coverage"] for r in done),
             "mean_new_tokens": statistics.fmean(r[name]["new_tokens"] for r in done),
         }
+        requests = [r[name].get("extra", {}).get("requests") for r in done]
+        if all(isinstance(n, int) for n in requests):
+            summary[name]["mean_requests_per_call"] = statistics.fmean(requests)
     return {"summary": summary, "rows": rows}
+
+
+def agreement(local: dict[str, Any], remote: dict[str, Any]) -> dict[str, float]:
+    """Per strategy, the share of prompts where both backends produced the same text (same weights, fp32)."""
+    shares = {}
+    for name in remote["summary"]:
+        pairs = [(a[name]["text"], b[name]["text"]) for a, b in zip(local["rows"], remote["rows"])
+                 if name in a and name in b and a["words"] == b["words"]]
+        if pairs:
+            shares[name] = sum(x == y for x, y in pairs) / len(pairs)
+    return shares
 
 
 def concurrency(model: Any, prompts: list[tuple[str, list[str]]], threads: int, max_new_tokens: int,
@@ -275,15 +292,20 @@ def main() -> None:
             entry.update(run_strategies(remote, prompts, names, params, args.repeats, args.max_new_tokens,
                                         time.monotonic() + args.max_seconds))
             payload["backends"]["vllm"] = entry
+            if "local" in payload["backends"]:
+                entry["same_text_as_local"] = agreement(payload["backends"]["local"], entry)
             print_summary("vllm", entry["summary"])
             write()
             if args.concurrency > 0:
-                try:
-                    entry["concurrency"] = concurrency(remote, prompts, args.concurrency, args.max_new_tokens,
-                                                       "deal", params.get("deal", {}))
-                except DealError as exc:
-                    entry["concurrency"] = {"error": f"{type(exc).__name__}: {exc}"}
-                print(f"\nvllm concurrency: {json.dumps(entry['concurrency'], indent=1)}", flush=True)
+                entry["concurrency"] = {}
+                for strategy in ("deal", "greedy"):
+                    try:
+                        entry["concurrency"][strategy] = concurrency(
+                            remote, prompts, args.concurrency, args.max_new_tokens, strategy, STRATEGIES[strategy])
+                    except DealError as exc:
+                        entry["concurrency"][strategy] = {"error": f"{type(exc).__name__}: {exc}"}
+                    print(f"\nvllm concurrency: {json.dumps(entry['concurrency'][strategy], indent=1)}", flush=True)
+                    write()
     print(f"wrote {write()}")
 
 
