@@ -441,3 +441,14 @@ def test_a_greedy_batch_is_one_request_with_a_list_of_prompts(remote: RemoteMode
     seeded = generate(remote, PROMPTS[:2], strategy="sample", temperature=1.0, seed=5, max_new_tokens=4)
     assert [body["seed"] for body in server.requests] == [5, 6]  # seed + i per prompt, as locally
     assert len(seeded) == 2
+
+
+def test_deal_repairs_premature_endings_remotely(remote: RemoteModel, server: CompletionsServer) -> None:
+    server.faults.eos_after = 3  # every rollout ends two tokens after its candidate, short of the keyword
+    result = generate(remote, PROMPTS[0], strategy="deal", reward=KEYWORDS, top_k=3, lookahead=4, max_new_tokens=30)
+    extra = result.stats.extra
+    assert extra["repairs"] == 3  # the local search's limit
+    assert extra["requests"] == len(server.requests) == extra["searches"] + 1 + extra["repairs"]
+    probes = [body for body in server.requests if body["max_tokens"] == 1]
+    assert [body["logprobs"] for body in probes] == [3, 19, 19, 19]  # repairs look past the ending tokens
+    assert result.finish_reason == "eos"

@@ -192,6 +192,9 @@ class RemoteModel:
     """
 
     kind = "remote"
+    #: The most top log-probs per position strategies ask for unless they need more (vLLM's ``--max-logprobs``
+    #: default); a server with a lower limit answers 400 (:class:`BackendRequestError`).
+    max_logprobs = 20
     device = torch.device("cpu")  # where rewards' tensors live; the model itself is on the server
     dtype = torch.float32
 

@@ -278,7 +278,9 @@ class _RemoteDeal:
                            torch.tensor([t for t, _ in pairs], dtype=torch.long), eos_lp)
 
     def first(self, tokens: list[int], *, no_ending: bool = False) -> _NextTokens:
-        k = self.params.top_k + (16 if no_ending else 0)
+        k = self.params.top_k
+        if no_ending:  # room to skip ending tokens, within what servers return (vLLM: 20 by default)
+            k = max(k, min(k + 16, self.remote.max_logprobs))
         ids, logprobs = self.remote.top_next(self.job.prompt_ids + tokens, k, stats=self.job.stats)
         return self.next_tokens(list(zip(ids, logprobs)), no_ending=no_ending)
 
@@ -297,7 +299,7 @@ class _RemoteDeal:
         if steps > 0 and running:
             outs = self.remote.complete(
                 [self.job.prompt_ids + r.ids for r in running], n=1, max_tokens=steps, temperature=0.0,
-                logprobs=self.params.top_k + 1, stop=self.job.state.stop_strings,
+                logprobs=self.params.top_k, stop=self.job.state.stop_strings,
                 repetition_penalty=self.job.repetition_penalty, stats=self.job.stats)
             search.stats["rollout_tokens"] += sum(len(o[0].token_ids) for o in outs)
             for row, (r, (out,)) in enumerate(zip(running, outs)):
@@ -501,7 +503,8 @@ def _cards(job: RemoteJob) -> Iterator[Sequence[int]]:
             cards.stats["tries"] += 1
             outs = remote.propose(
                 job.prompt_ids + prefix, cards.width, max_tokens=min(p.max_segment + 1, budget),
-                temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=seed, logprobs=ENTROPY_TOP_K,
+                temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=seed,
+                logprobs=min(ENTROPY_TOP_K, remote.max_logprobs),
                 stop=job.state.stop_strings, repetition_penalty=job.repetition_penalty, stats=job.stats)
             candidates = []
             for index, out in enumerate(outs):
