@@ -452,3 +452,12 @@ def test_deal_repairs_premature_endings_remotely(remote: RemoteModel, server: Co
     probes = [body for body in server.requests if body["max_tokens"] == 1]
     assert [body["logprobs"] for body in probes] == [3, 19, 19, 19]  # repairs look past the ending tokens
     assert result.finish_reason == "eos"
+
+
+def test_closing_a_remote_stream_cancels_it(remote: RemoteModel) -> None:
+    deltas = stream(remote, PROMPTS[1], max_new_tokens=40)
+    first = next(deltas)
+    deltas.close()
+    result = deltas.result
+    assert result.finish_reason == "cancelled" and result.text.startswith(first)
+    assert 0 < result.stats.new_tokens < 40
