@@ -143,7 +143,7 @@ cli()
 
 
 @contextlib.contextmanager
-def deal_server(timeout: float = 300.0, with_scheduler: bool = False) -> Iterator[str]:
+def deal_server(timeout: float = 300.0, with_scheduler: bool = False, threads: int | None = None) -> Iterator[str]:
     """``deal serve --model smollm2`` on a free port of 127.0.0.1; yields its base URL; killed at the end."""
     port = launcher().free_port()
     log = Path(tempfile.mkdtemp(prefix="deal-serve-")) / "deal-serve.log"
@@ -154,6 +154,8 @@ def deal_server(timeout: float = 300.0, with_scheduler: bool = False) -> Iterato
         command = [str(ROOT / ".venv" / "bin" / "deal"), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's default intra-op threads in the server
     with open(log, "ab") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                    cwd=str(ROOT), start_new_session=True)
@@ -337,6 +339,7 @@ def summary(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, An
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped on a plain kill
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default="deal,scheduler,vllm", help="comma list of deal, scheduler, vllm")
     parser.add_argument("--clients", default="1,4,8,16")
@@ -351,7 +354,11 @@ def main() -> int:
     parser.add_argument("--deal-with-scheduler", action="store_true",
                         help="start deal serve with its scheduler replaced by shared_core.scheduler.Scheduler")
     parser.add_argument("--vllm-url", default=None, help="use a running vLLM server instead of starting one")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for the in-process scheduler")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the in-process scheduler and the deal server (OMP_NUM_THREADS); "
+                             "1 is much faster on a busy shared machine (no spin-waiting second thread)")
+    parser.add_argument("--max-seconds", type=float, default=3600.0,
+                        help="levels not started within this many seconds are skipped (and listed in the JSON)")
     parser.add_argument("--quick", action="store_true", help="clients 1,4; 16 tokens; one request each")
     parser.add_argument("--out", default=str(RESULTS / "bench_serve.json"))
     args = parser.parse_args()
@@ -365,12 +372,14 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     payload: dict[str, Any] = {
         "what": "aggregate completion tokens/s and request latency at N concurrent closed-loop clients",
         "machine": machine(),
         "settings": {"model": MODEL, "clients": clients, "guided_clients": guided_clients, "tokens": args.tokens,
                      "guided_tokens": args.guided_tokens, "min_requests_per_level": args.min_requests,
                      "guided_min_requests_per_level": args.guided_min_requests, "targets": targets,
+                     "torch_threads_setting": args.threads,
                      "decoding": "greedy (temperature 0); guided = keywords reward "
                                  f"{GUIDED_WORDS} with the default strategy for it (deal lookahead)"},
         "notes": [],
@@ -394,7 +403,7 @@ def main() -> int:
             url = args.deal_url
             if url is None:
                 print("starting deal serve ...", flush=True)
-                url = stack.enter_context(deal_server(with_scheduler=args.deal_with_scheduler))
+                url = stack.enter_context(deal_server(with_scheduler=args.deal_with_scheduler, threads=args.threads))
             payload["settings"]["deal_with_scheduler_replaced"] = args.deal_with_scheduler
             info = health(url)
             payload["settings"]["deal_serve_health"] = info
@@ -418,11 +427,16 @@ def main() -> int:
             print(f"{name}: warm", flush=True)
 
         plan = [("plain", c) for c in clients] + [("guided", c) for c in guided_clients]
+        deadline = time.monotonic() + args.max_seconds
+        payload["skipped"] = []
         for step, (kind, count) in enumerate(plan):
             order = list(senders) if step % 2 == 0 else list(reversed(senders))
             for name in order:
                 if kind == "guided" and name == "vllm":
                     continue  # vLLM has no reward-guided decoding
+                if time.monotonic() > deadline:
+                    payload["skipped"].append({"target": name, "kind": kind, "clients": count})
+                    continue
                 least = args.min_requests if kind == "plain" else args.guided_min_requests
                 each = max(1, -(-least // count))
                 level = run_level(senders[name], count, each, kind == "guided", offset=step)
