@@ -14,6 +14,7 @@ Three routes, decided per call from the instance's settings:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +50,7 @@ class Route:
     lm: Any = None
     chat: BaseChatModel | None = None
     reason: str | None = None
+    owned: bool = False  # the chat client was built here (for a chat-only base_url), not given by the user
 
 
 def secret(value: Any) -> str | None:
@@ -180,7 +182,7 @@ def route(settings: Any, model: str) -> Route:
         if is_chat_only(endpoint):
             chat_url = endpoint.chat_url or f"{endpoint.remote.base_url}/v1"
             chat = openai_chat(chat_url, endpoint.name, key, settings.timeout, settings.max_retries)
-            return Route(path="chat", name=endpoint.name, chat=chat, reason=REASON_ENDPOINT)
+            return Route(path="chat", name=endpoint.name, chat=chat, reason=REASON_ENDPOINT, owned=True)
         return Route(path="remote", name=endpoint.name, lm=endpoint.remote)
     return Route(path="local", name=model, lm=load_model(model, device=settings.device))
 
@@ -203,8 +205,12 @@ def chat_model_reason(chat: BaseChatModel) -> str:
 
 
 def check_chat_plan(decided: Plan, reason: str, *, tools: Any, max_new_tokens: int, stop: list[str] | None,
-                    seed: int | None, messages: Any = "check", name: str = "chat") -> tuple[ChatOnlyPlan, Request]:
+                    seed: int | None, messages: Any = "check", name: str = "chat",
+                    temperature: float | None = None) -> tuple[ChatOnlyPlan, Request]:
     """The chat-only plan of a call and its validated request (tools cannot ride on the URIAL prompt).
+
+    ``temperature`` (ChatDeAL's, or the call's) is the samples' temperature even when the planned
+    strategy has none (a keywords reward plans ``deal``, which best-of-n replaces here).
 
     Raises:
         ConfigError: tools; a strategy that needs logits, named explicitly; best-of-n parameters, a
@@ -213,19 +219,34 @@ def check_chat_plan(decided: Plan, reason: str, *, tools: Any, max_new_tokens: i
     if tools:
         raise ConfigError("tools", "a chat-only model answers through the URIAL prompt, which cannot carry tools; "
                                    "bind the tools to the chat model itself")
+    if temperature is not None and decided.strategy != "greedy" and "temperature" not in decided.params:
+        decided = dataclasses.replace(decided, params={**decided.params, "temperature": temperature})
     fitted = plan_chat_only(decided, reason)
     request = Request.build(name, messages, decided=fitted.decided, max_new_tokens=max_new_tokens, stop=stop,
                             seed=seed)
     return fitted, request
 
 
-def sample_kwargs(chat: BaseChatModel, fitted: ChatOnlyPlan, max_tokens: int, seed: int | None) -> dict[str, Any]:
-    """Keyword arguments for each sample: temperature, token budget and seed, where the chat model has the field."""
+def sample_kwargs(route: Route, fitted: ChatOnlyPlan, max_tokens: int | None, seed: int | None) -> dict[str, Any]:
+    """Keyword arguments for each sample, where the chat model has the field.
+
+    A chat model the user configured keeps its own settings unless the call sets them: ``max_tokens``
+    when given on ChatDeAL or per call; the temperature when given, or when best-of-n needs sampling
+    from a model set to greedy (none or 0; best_of_n's default then applies). A client built here for
+    a chat-only ``base_url`` gets the plan's values (greedy is temperature 0).
+    """
+    assert route.chat is not None
+    chat = route.chat
     fields = getattr(type(chat), "model_fields", {})
     kwargs: dict[str, Any] = {}
-    if fitted.temperature is not None and "temperature" in fields:
-        kwargs["temperature"] = fitted.temperature
-    if "max_tokens" in fields:
+    temperature = fitted.temperature
+    if temperature is None and route.owned:
+        temperature = 0.0
+    wanted = route.owned or "temperature" in fitted.decided.params or (
+        fitted.n > 1 and not getattr(chat, "temperature", None))
+    if temperature is not None and wanted and "temperature" in fields:
+        kwargs["temperature"] = temperature
+    if max_tokens is not None and "max_tokens" in fields:
         kwargs["max_tokens"] = max_tokens
     if seed is not None and "seed" in fields:
         kwargs["seed"] = seed
@@ -253,7 +274,8 @@ class ChatAnswer:
 
 
 def run_chat(route: Route, decided: Plan, messages: list[BaseMessage], *, max_new_tokens: int,
-             stop: list[str] | None, seed: int | None, tools: Any = None) -> Iterator[str | ChatAnswer]:
+             stop: list[str] | None, seed: int | None, tools: Any = None,
+             max_tokens_given: bool = False, temperature: float | None = None) -> Iterator[str | ChatAnswer]:
     """Answers ``messages`` on a chat-only model; yields text deltas, then one :class:`ChatAnswer`.
 
     One answer (no reward, or ``n == 1``) streams through the chat model as it comes; ``n`` answers
@@ -266,9 +288,10 @@ def run_chat(route: Route, decided: Plan, messages: list[BaseMessage], *, max_ne
     assert route.chat is not None and route.reason is not None
     converted = to_chat_dicts(messages)
     fitted, request = check_chat_plan(decided, route.reason, tools=tools, max_new_tokens=max_new_tokens, stop=stop,
-                                      seed=seed, messages=converted, name=route.name)
+                                      seed=seed, messages=converted, name=route.name, temperature=temperature)
     wrapper = URIALChatModel(llm=route.chat, n=fitted.n, reward=request.reward if fitted.n > 1 else None)
-    kwargs = sample_kwargs(route.chat, fitted, max_new_tokens, seed)
+    budget = max_new_tokens if max_tokens_given or route.owned else None
+    kwargs = sample_kwargs(route, fitted, budget, seed)
     stats = GenerationStats()
     started = time.perf_counter()
     if fitted.n == 1:
@@ -288,7 +311,7 @@ def run_chat(route: Route, decided: Plan, messages: list[BaseMessage], *, max_ne
             raise ConfigError("chat_model", f"{type(route.chat).__name__} returned no answer")
         texts = [wrapper._clean(s.text) for s in samples]
         scores, chosen = wrapper._rerank(texts, messages, stats)
-    urial = {**wrapper._report(texts, scores, chosen), "requests": requests}
+    urial = {**wrapper._report(texts, scores, chosen), "requests": requests, "sample_kwargs": kwargs}
     spent = [dict(s.usage_metadata or {}) for s in samples]
     stats.prompt_tokens = int(spent[chosen].get("input_tokens", 0) or 0)
     stats.new_tokens = int(spent[chosen].get("output_tokens", 0) or 0)
@@ -301,9 +324,9 @@ def run_chat(route: Route, decided: Plan, messages: list[BaseMessage], *, max_ne
         reward, error = final_score(request.reward, texts[chosen], prompt=request_text(converted), stats=stats)
     stats.seconds = time.perf_counter() - started
     best = samples[chosen]
-    result = GenerationResult(text=texts[chosen], token_ids=[], finish_reason=chat_finish_reason(best),  # type: ignore[arg-type]
-                              reward=reward, stats=stats, strategy=fitted.decided.strategy, model=route.name,
-                              reward_error=error)
+    finish: Any = chat_finish_reason(best)
+    result = GenerationResult(text=texts[chosen], token_ids=[], finish_reason=finish, reward=reward, stats=stats,
+                              strategy=fitted.decided.strategy, model=route.name, reward_error=error)
     summary = {**report(result, request), "path": fitted.path, "reason": fitted.reason, "urial": urial}
     if fitted.n > 1:
         yield texts[chosen]

@@ -165,6 +165,8 @@ class CallPlan:
     seed: int | None
     tools: list[dict[str, Any]] = field(default_factory=list)
     choice: ToolChoice = field(default_factory=lambda: ToolChoice("none"))
+    max_tokens_given: bool = False  # set on the instance or the call (not the default budget)
+    temperature: float | None = None  # as given on the instance or the call
 
     def request(self, lm: Any, prompt: Any, *, cancel: CancelToken | None = None, **kwargs: Any) -> Request:
         """The core :class:`Request` for ``prompt`` on the loaded model ``lm`` (validated again, cheaply)."""
@@ -184,6 +186,7 @@ def check_call(settings: DeALSettings, overrides: Mapping[str, Any], *, stop: li
 
         call = plan_call(settings, overrides, stop=stop, check=False)
         check_chat_plan(call.decided, chat_model_reason(settings.chat_model), tools=call.tools,
+                        temperature=call.temperature,
                         max_new_tokens=call.max_new_tokens, stop=call.stop, seed=call.seed)
         return call
     return plan_call(settings, overrides, stop=stop, check=settings.base_url is None)
@@ -226,7 +229,9 @@ def plan_call(settings: DeALSettings, overrides: Mapping[str, Any], *, stop: lis
     if not isinstance(model, str) or not model.strip():
         raise ConfigError("model", f"must be a model alias, a path or a hub id, got {model!r}")
     call = CallPlan(model=model, decided=decided, max_new_tokens=max_new_tokens,
-                    stop=list(stops) if stops else None, seed=seed, tools=tools, choice=choice)
+                    stop=list(stops) if stops else None, seed=seed, tools=tools, choice=choice,
+                    max_tokens_given=max_tokens is not None,
+                    temperature=None if temperature is None else float(temperature))
     if check:
         call.request(None, "check")  # every remaining check (parameters, seed, stop strings), no model work
     return call

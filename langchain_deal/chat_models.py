@@ -247,7 +247,8 @@ class ChatDeAL(DeALSettings, BaseChatModel):
         """A chat-only model's answer (URIAL, best-of-n with a reward): deltas, then the report chunk."""
         answer: ChatAnswer | None = None
         for item in run_chat(route, plan.decided, messages, max_new_tokens=plan.max_new_tokens, stop=plan.stop,
-                             seed=plan.seed, tools=plan.tools):
+                             seed=plan.seed, tools=plan.tools, max_tokens_given=plan.max_tokens_given,
+                             temperature=plan.temperature):
             if isinstance(item, ChatAnswer):
                 answer = item
                 continue

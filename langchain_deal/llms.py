@@ -89,7 +89,8 @@ class DeALLLM(DeALSettings, BaseLLM):
                           on_token: Callable[[str, GenerationChunk], None] | None) -> Iterator[GenerationChunk]:
         """A chat-only model's answer to ``prompt`` as one user message (URIAL, best-of-n with a reward)."""
         for item in run_chat(route, plan.decided, [HumanMessage(prompt)], max_new_tokens=plan.max_new_tokens,
-                             stop=plan.stop, seed=plan.seed):
+                             stop=plan.stop, seed=plan.seed, max_tokens_given=plan.max_tokens_given,
+                             temperature=plan.temperature):
             if isinstance(item, ChatAnswer):
                 info = {"model_name": route.name, "model_provider": PROVIDER, **item.summary,
                         "usage_metadata": dict(item.message.usage_metadata or {})}

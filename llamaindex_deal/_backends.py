@@ -57,6 +57,7 @@ class Route:
     lm: Any = None
     chat: LLM | None = None
     reason: str | None = None
+    owned: bool = False  # the chat client was built here (for a chat-only base_url), not given by the user
 
 
 def chat_model_reason(llm: Any) -> str:
@@ -68,9 +69,11 @@ def check_backend_settings(base_url: Any, chat_model: Any, tokenizer: Any, timeo
     """Checks ``base_url``, ``chat_model``, ``tokenizer``, ``timeout`` and ``max_retries`` (no network)."""
     if base_url is not None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError("base_url", f"must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}")
+            raise ConfigError("base_url", f"must be an http(s) URL such as 'http://127.0.0.1:8000/v1', "
+                                          f"got {base_url!r}")
         if chat_model is not None:
-            raise ConfigError("chat_model", "give either base_url (a server) or chat_model (a LlamaIndex LLM), not both")
+            raise ConfigError("chat_model", "give either base_url (a server) or chat_model (a LlamaIndex LLM), "
+                                            "not both")
     elif tokenizer is not None:
         raise ConfigError("tokenizer", "names a remote model's tokenizer and needs base_url; a local model brings its "
                                        "own")
@@ -191,7 +194,7 @@ def route(*, model: str, base_url: str | None, served: str | None, api_key: str 
         if endpoint.remote is None or "samples" not in frozenset(getattr(endpoint.remote, "capabilities", ())):
             url = endpoint.chat_url or f"{endpoint.remote.base_url}/v1"
             chat = openai_like(url, endpoint.name, api_key, timeout, max_retries, context_window)
-            return Route(path="chat", name=endpoint.name, chat=chat, reason=REASON_ENDPOINT)
+            return Route(path="chat", name=endpoint.name, chat=chat, reason=REASON_ENDPOINT, owned=True)
         return Route(path="remote", name=endpoint.name, lm=endpoint.remote)
     return Route(path="local", name=model)
 
@@ -230,11 +233,27 @@ class ChatOutcome:
     raw: dict[str, Any]
 
 
-def _fields_set(llm: LLM, values: Mapping[str, Any]) -> LLM:
-    """A copy of ``llm`` with those of ``values`` it has fields for (temperature, token budget)."""
-    fields = getattr(type(llm), "model_fields", {})
-    update = {k: v for k, v in values.items() if k in fields and v is not None}
-    return llm.model_copy(update=update) if update else llm
+def sample_settings(route: Route, fitted: ChatOnlyPlan, max_tokens: int | None) -> dict[str, Any]:
+    """The fields set on a copy of the chat LLM for this call, among those it has.
+
+    An LLM the user configured keeps its own settings unless the call sets them: the token budget
+    when given on DeAL or per call; the temperature when given, or when best-of-n needs sampling from
+    an LLM set to greedy (none or 0; best_of_n's default then applies). A client built here for a
+    chat-only ``base_url`` gets the plan's values (greedy is temperature 0).
+    """
+    assert route.chat is not None
+    fields = getattr(type(route.chat), "model_fields", {})
+    update: dict[str, Any] = {}
+    temperature = fitted.temperature
+    if temperature is None and route.owned:
+        temperature = 0.0
+    wanted = route.owned or "temperature" in fitted.decided.params or (
+        fitted.n > 1 and not getattr(route.chat, "temperature", None))
+    if temperature is not None and wanted and "temperature" in fields:
+        update["temperature"] = temperature
+    if max_tokens is not None:
+        update.update({k: max_tokens for k in ("max_tokens", "max_new_tokens") if k in fields})
+    return update
 
 
 def _usage(response: ChatResponse | None) -> tuple[int, int]:
@@ -267,7 +286,7 @@ def _finish_reason(response: ChatResponse | None) -> str:
 
 
 def run_chat(route: Route, decided: Plan, conversation: Any, *, max_new_tokens: int, stop: list[str] | None,
-             seed: int | None, urial: Any = False) -> ChatOutcome:
+             seed: int | None, urial: Any = False, max_tokens_given: bool = False) -> ChatOutcome:
     """Answers ``conversation`` (a query string or engine messages) on a chat-only LLM.
 
     ``n`` answers are drawn (:meth:`URIALLLM.draw`: one request with ``n`` choices where the client
@@ -287,8 +306,8 @@ def run_chat(route: Route, decided: Plan, conversation: Any, *, max_new_tokens: 
                                       prompt=conversation, name=route.name)
     options = parse_urial_option(urial) or parse_urial_option(True)
     assert options is not None
-    inner = _fields_set(route.chat, {"temperature": fitted.temperature, "max_tokens": max_new_tokens,
-                                     "max_new_tokens": max_new_tokens})
+    update = sample_settings(route, fitted, max_new_tokens if max_tokens_given or route.owned else None)
+    inner = route.chat.model_copy(update=update) if update else route.chat
     wrapper = URIALLLM(llm=inner, mode="chat", n=fitted.n, reward=request.reward if fitted.n > 1 else None,
                        variant=options.variant, examples=None if options.examples is None else list(options.examples),
                        preamble=options.preamble, sample_kwargs={} if seed is None else {"seed": seed})
@@ -298,6 +317,7 @@ def run_chat(route: Route, decided: Plan, conversation: Any, *, max_new_tokens: 
     text, urial_report = wrapper._choose(request_text(request.prompts[0]), answers, stats)
     chosen = int(urial_report.get("chosen", 0))
     urial_report["requests"] = requests
+    urial_report["sample_settings"] = update
     prompt_tokens, new_tokens = _usage(responses[chosen])
     stats.prompt_tokens, stats.new_tokens = prompt_tokens, new_tokens
     scores = urial_report.get("scores") or None
@@ -309,9 +329,9 @@ def run_chat(route: Route, decided: Plan, conversation: Any, *, max_new_tokens: 
     if request.reward is not None:
         reward, error = final_score(request.reward, text, prompt=request_text(request.prompts[0]), stats=stats)
     stats.seconds = time.perf_counter() - started
-    result = GenerationResult(text=text, token_ids=[], finish_reason=_finish_reason(responses[chosen]),  # type: ignore[arg-type]
-                              reward=reward, stats=stats, strategy=fitted.decided.strategy, model=route.name,
-                              reward_error=error)
+    finish: Any = _finish_reason(responses[chosen])
+    result = GenerationResult(text=text, token_ids=[], finish_reason=finish, reward=reward, stats=stats,
+                              strategy=fitted.decided.strategy, model=route.name, reward_error=error)
     summary = {**report(result, request), "path": fitted.path, "reason": fitted.reason, "urial": urial_report}
     raw = {**result.to_dict(), "policy": request.plan.policy, "answers": answers,
            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens,

@@ -140,7 +140,8 @@ class DeAL(FunctionCallingLLM, CustomLLM):
     tokenizer: str | None = Field(
         default=None, description="Tokenizer (folder or hub id) of the served model when the server does not say.")
     chat_model: Any = Field(
-        default=None, exclude=True, description="Any LlamaIndex LLM to align through URIAL (+ best-of-n with a reward).")
+        default=None, exclude=True,
+        description="Any LlamaIndex LLM to align through URIAL (+ best-of-n with a reward).")
     timeout: float | None = Field(default=None, description="Seconds per server request (with base_url).")
     max_retries: int | None = Field(default=None, description="Retries per server request (with base_url).")
 
@@ -246,9 +247,10 @@ class DeAL(FunctionCallingLLM, CustomLLM):
     # ------------------------------------------------------------------ the chat-only path
 
     def _chat_only(self, route: Route, conversation: Any, settings: DecodeSettings,
-                   collectors: tuple[_tracking.Collector, ...]) -> ChatOutcome:
+                   collectors: tuple[_tracking.Collector, ...], kwargs: dict[str, Any]) -> ChatOutcome:
+        given = kwargs.get("max_new_tokens") is not None or "max_new_tokens" in self.model_fields_set
         outcome = run_chat(route, settings.decided, conversation, max_new_tokens=settings.max_new_tokens,
-                           stop=settings.stop, seed=settings.seed, urial=settings.urial)
+                           stop=settings.stop, seed=settings.seed, urial=settings.urial, max_tokens_given=given)
         _tracking.record(collectors, outcome.summary)
         return outcome
 
@@ -270,7 +272,7 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         engine_prompt, chat = self._completion_prompt(prompt, formatted)
         route = self._route()
         if route.chat is not None:
-            outcome = self._chat_only(route, engine_prompt, settings, collectors)
+            outcome = self._chat_only(route, engine_prompt, settings, collectors, kwargs)
             return CompletionResponse(text=outcome.text, raw=outcome.raw, additional_kwargs=outcome.summary)
         request = settings.request(self._model_arg(route), engine_prompt, chat=chat)
         result = run(request)
@@ -292,7 +294,7 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         engine_prompt, chat = self._completion_prompt(prompt, formatted)
         route = self._route()
         if route.chat is not None:  # the answer is chosen among whole answers: one chunk
-            outcome = self._chat_only(route, engine_prompt, settings, collectors)
+            outcome = self._chat_only(route, engine_prompt, settings, collectors, kwargs)
 
             def one() -> CompletionResponseGen:
                 yield CompletionResponse(text=outcome.text, delta=outcome.text, raw=outcome.raw,
@@ -362,7 +364,7 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         engine_messages = to_engine_messages(messages)
         route = self._route()
         if route.chat is not None:
-            outcome = self._chat_only(route, _chat_turns(engine_messages, tooling), settings, collectors)
+            outcome = self._chat_only(route, _chat_turns(engine_messages, tooling), settings, collectors, kwargs)
             return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=outcome.text),
                                 raw=outcome.raw, additional_kwargs=outcome.summary)
         if tooling.tools or _has_tool_history(engine_messages):
@@ -392,7 +394,7 @@ class DeAL(FunctionCallingLLM, CustomLLM):
         engine_messages = to_engine_messages(messages)
         route = self._route()
         if route.chat is not None:  # the answer is chosen among whole answers: one chunk
-            outcome = self._chat_only(route, _chat_turns(engine_messages, tooling), settings, collectors)
+            outcome = self._chat_only(route, _chat_turns(engine_messages, tooling), settings, collectors, kwargs)
 
             def one() -> ChatResponseGen:
                 yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=outcome.text),

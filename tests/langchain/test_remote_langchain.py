@@ -197,6 +197,20 @@ def test_the_planned_strategy_of_a_reward_is_replaced_and_the_reason_says_so(cha
 # --------------------------------------------------------------------------- any LangChain chat model
 
 
+def test_a_configured_chat_model_keeps_its_settings_unless_the_call_sets_them(chat_only: ChatServer) -> None:
+    from langchain_openai import ChatOpenAI
+
+    client = ChatOpenAI(base_url=chat_only.base_url + "/v1", model="tiny-chat", api_key="unused", max_tokens=5,
+                        temperature=0.3)
+    reward = {"type": "keywords", "words": ["sea"]}
+    ChatDeAL(chat_model=client, reward=reward, n=2).invoke("Tell me about the sea.")
+    ChatDeAL(chat_model=client, reward=reward, n=2, max_tokens=7, temperature=0.9).invoke("Tell me about the sea.")
+    own, overridden = chat_only.chat_requests
+    budget = [r.get("max_completion_tokens") or r.get("max_tokens") for r in (own, overridden)]
+    assert budget == [5, 7] and (own["temperature"], overridden["temperature"]) == (0.3, 0.9)
+    assert own["n"] == overridden["n"] == 2
+
+
 def test_any_chat_model_gets_urial_and_best_of_n_with_the_reward(inner: ChatDeAL) -> None:
     recorder = Recorder()
     llm = ChatDeAL(chat_model=inner, reward=CallableReward(recorder, name="chars"), n=4, max_tokens=8)

@@ -201,6 +201,21 @@ def test_tools_on_a_chat_only_model_are_a_config_error(chat_only: ChatServer) ->
 # --------------------------------------------------------------------------- any LlamaIndex LLM
 
 
+def test_a_configured_llm_keeps_its_settings_unless_the_call_sets_them(chat_only: ChatServer) -> None:
+    from llama_index.llms.openai_like import OpenAILike
+
+    client = OpenAILike(api_base=chat_only.base_url + "/v1", model="tiny-chat", api_key="unused", is_chat_model=True,
+                        max_tokens=5, temperature=0.3)
+    reward = {"type": "keywords", "words": ["sea"]}
+    DeAL(chat_model=client, reward=reward, strategy_params={"n": 2}).complete("Tell me about the sea.")
+    DeAL(chat_model=client, reward=reward, strategy_params={"n": 2, "temperature": 0.9},
+         max_new_tokens=7).complete("Tell me about the sea.")
+    own, overridden = chat_only.chat_requests
+    budget = [r.get("max_completion_tokens") or r.get("max_tokens") for r in (own, overridden)]
+    assert budget == [5, 7] and (own["temperature"], overridden["temperature"]) == (0.3, 0.9)
+    assert own["n"] == overridden["n"] == 2  # an OpenAI-compatible client: n choices in one request
+
+
 def test_any_llm_gets_urial_and_best_of_n_with_the_reward(inner: DeAL) -> None:
     recorder = Recorder()
     llm = DeAL(chat_model=inner, reward=CallableReward(recorder, name="chars"), strategy_params={"n": 4},
