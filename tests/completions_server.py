@@ -37,6 +37,7 @@ class Faults:
     no_tokenize: bool = False  # /tokenize and /detokenize answer 404
     omit_eos_id: bool = False  # leave the EOS token out of the returned ids (like servers that elide it)
     eos_after: int | None = None  # emit EOS as the n-th generated token (random tiny models rarely end)
+    no_models: bool = False  # /v1/models answers 404
 
 
 class CompletionsServer:
@@ -134,6 +135,8 @@ class CompletionsServer:
 
         @app.get("/v1/models")
         def models() -> Any:
+            if self.faults.no_models:
+                return JSONResponse({"detail": "Not Found"}, status_code=404)
             return fault() or {"object": "list", "data": [
                 {"id": self.served_name, "object": "model", "max_model_len": self.max_model_len}]}
 

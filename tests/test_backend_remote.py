@@ -88,6 +88,18 @@ def test_connect_rejects_a_model_the_server_does_not_serve(server: CompletionsSe
     assert err.value.field == "model" and "served: tiny" in str(err.value)
 
 
+def test_a_server_without_a_model_list_needs_the_model_named(server: CompletionsServer, tiny_model_dir: str) -> None:
+    server.faults.no_models = True
+    with pytest.raises(BackendRequestError) as err:
+        connect_model(server.base_url, tokenizer=tiny_model_dir)
+    assert err.value.status == 404
+    handle = connect_model(server.base_url, model="tiny", tokenizer=tiny_model_dir)
+    try:
+        assert handle.name == "tiny" and generate(handle, "hi", max_new_tokens=2).stats.new_tokens == 2
+    finally:
+        handle.close()
+
+
 def test_connect_checks_its_arguments_before_any_request() -> None:
     with pytest.raises(ConfigError) as err:
         connect_model("localhost:8000")

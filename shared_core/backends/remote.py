@@ -652,7 +652,12 @@ def connect_model(
 
 
 def _identify(remote: RemoteModel, model: str | None) -> None:
-    listing = remote.get("/v1/models")
+    try:
+        listing = remote.get("/v1/models")
+    except BackendRequestError as exc:
+        if exc.status != 404 or model is None:  # a server without the list is fine when the model is named
+            raise
+        listing = {}
     served = [m for m in (listing.get("data") or []) if isinstance(m, Mapping) and m.get("id")]
     ids = [str(m["id"]) for m in served]
     if model is None:
