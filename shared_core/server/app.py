@@ -31,6 +31,7 @@ from shared_core.server.mapping import (
     parse_output,
     prepare_chat,
     prepare_completion,
+    public_error,
     tool_call_dicts,
     usage,
 )
@@ -100,8 +101,9 @@ async def _cancel_on_disconnect(http: Request, streams: Sequence[Any]) -> AsyncI
 
 def _api_error(prepared: Prepared, exc: BaseException) -> APIError:
     """The API error for a failure while queueing or decoding; a chat request's prompt is its ``messages``."""
-    if isinstance(exc, ConfigError) and exc.field == "prompt" and prepared.kind == "chat":
-        exc = ConfigError("messages", str(exc).split(": ", 1)[-1])
+    if isinstance(exc, ConfigError):
+        exc = public_error(exc, token_field=prepared.token_field,
+                           prompt_field="messages" if prepared.kind == "chat" else "prompt")
     return to_api_error(exc)
 
 

@@ -7,7 +7,8 @@ Who may ask for what:
 * inline reward specs (``deal.reward`` or an inline ``deal.policy``) only of types that load no model
   (keywords, length, weighted sums of those), unless the server runs with ``--allow-model-rewards``;
 * specs can never turn on ``trust_remote_code`` (:mod:`shared_core.specs` rejects it);
-* search widths in ``deal.params`` are capped (``Limits.max_search``).
+* search widths in ``deal.params`` are capped (``Limits.max_search``), and parameters that name a model
+  to load (Transfer Q*'s ``baseline``) are refused like model-loading rewards.
 
 OpenAI sampling fields map onto the chosen strategy's parameters; one the strategy has no parameter for
 is not applied and the response says so (``deal.warnings`` and the ``X-Deal-Warning`` header).
@@ -44,6 +45,7 @@ from shared_core.tools import (
 )
 
 __all__ = [
+    "MODEL_PARAMS",
     "SEARCH_PARAMS",
     "Prepared",
     "chat_choice",
@@ -53,6 +55,8 @@ __all__ = [
     "parse_output",
     "prepare_chat",
     "prepare_completion",
+    "public_error",
+    "public_field",
     "resolve_model_alias",
     "usage",
 ]
@@ -60,7 +64,13 @@ __all__ = [
 #: Strategy parameters that widen the search (more forward passes per token); capped per request.
 SEARCH_PARAMS = ("n", "candidates", "beam_width", "lookahead", "k", "horizon", "max_rejections")
 
+#: Strategy parameters that name a model to load (Transfer Q*'s baseline); only operator policies may set them.
+MODEL_PARAMS = ("baseline",)
+
 _SAMPLING = ("temperature", "top_p")
+
+#: The smallest temperature above 0 a request may give: dividing float32 logits by less overflows them.
+MIN_TEMPERATURE = 1e-6
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Prepared:
     tool_choice: ToolChoice | None = None
     warnings: list[str] = field(default_factory=list)
     prompt_of_choice: list[int] = field(default_factory=list)
+    token_field: str = "max_tokens"  # the field the request gave its token budget in
 
     @property
     def tools_on(self) -> bool:
@@ -136,6 +147,11 @@ def _check_inline(settings: ServerSettings, spec: Any, field_name: str) -> None:
 
 
 def _check_params(settings: ServerSettings, params: Mapping[str, Any]) -> None:
+    """Request-supplied strategy parameters: search widths capped, no model to load (unless allowed)."""
+    for name in MODEL_PARAMS:
+        if params.get(name) is not None and not settings.allow_model_rewards:
+            raise ConfigError(f"deal.params.{name}", "names a model to load, which requests may not do on this "
+                                                     "server; use an operator policy that sets it")
     cap = settings.limits.max_search
     for name in SEARCH_PARAMS:
         value = params.get(name)
@@ -183,6 +199,10 @@ def _alignment(settings: ServerSettings, alias_policy: str | None, deal: DealOpt
         decided = plan(policy=policy, strategy=deal.strategy, reward=reward, param_layers=[params], sample=sample)
     except ConfigError as exc:
         raise _renamed(exc, "deal") from None
+    try:
+        get_strategy(decided.strategy)
+    except ConfigError as exc:  # a strategy named by an inline policy
+        raise ConfigError("deal.policy.strategy", str(exc).split(": ", 1)[-1]) from None
     return dataclasses.replace(decided, policy=label if label is not None else decided.policy)
 
 
@@ -243,13 +263,40 @@ def _limits(settings: ServerSettings, body: Any, max_tokens: int | None, token_f
     if prompt_chars > limits.max_prompt_chars:
         raise APIError(400, f"{prompt_field}: {prompt_chars} characters, over this server's limit of "
                             f"{limits.max_prompt_chars}", param=prompt_field, code="limit_exceeded")
+    if body.temperature is not None and 0 < body.temperature < MIN_TEMPERATURE:
+        raise APIError(400, f"temperature: must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {body.temperature} "
+                            "(smaller values overflow the logits)", param="temperature", code="invalid_value")
     stop = body.stop
     if isinstance(stop, list) and len(stop) > 4:
         raise APIError(400, f"stop: at most 4 stop strings, got {len(stop)}", param="stop")
     return (max_tokens or limits.default_max_tokens), n
 
 
-_FIELD_NAMES = {"max_new_tokens": "max_tokens", "params.temperature": "temperature", "params.top_p": "top_p"}
+_FIELD_NAMES = {"params.temperature": "temperature", "params.top_p": "top_p"}
+
+
+def public_field(field_name: str, *, token_field: str = "max_tokens", prompt_field: str = "prompt") -> str:
+    """The request field a core ConfigError's field stands for (``max_new_tokens`` -> ``max_tokens`` ...)."""
+    if field_name == "max_new_tokens":
+        return token_field
+    if field_name == "prompt":
+        return prompt_field
+    if field_name in _FIELD_NAMES:
+        return _FIELD_NAMES[field_name]
+    if field_name.split(".", 1)[0].split("[", 1)[0] in ("params", "reward", "strategy", "policy"):
+        return f"deal.{field_name}"
+    return field_name
+
+
+def public_error(exc: ConfigError, *, token_field: str = "max_tokens", prompt_field: str = "prompt") -> ConfigError:
+    """``exc`` with its field named as the request names it (see :func:`public_field`)."""
+    name = public_field(exc.field, token_field=token_field, prompt_field=prompt_field)
+    return exc if name == exc.field else ConfigError(name, str(exc).split(": ", 1)[-1])
+
+
+def _seed(seed: int | None, i: int) -> int | None:
+    """Choice ``i``'s seed, wrapped into the signed 64-bit range torch takes."""
+    return None if seed is None else ((seed + i + 2**63) % 2**64) - 2**63
 
 
 def _build(model: Any, prompt: Any, decided: Plan, *, max_tokens: int, stop: Any, seed: int | None,
@@ -258,10 +305,7 @@ def _build(model: Any, prompt: Any, decided: Plan, *, max_tokens: int, stop: Any
         return Request.build(model, prompt, decided=decided, max_new_tokens=max_tokens, stop=stop, seed=seed,
                              chat=chat, tools=tools)
     except ConfigError as exc:
-        name = {"max_new_tokens": token_field, "prompt": prompt_field}.get(exc.field)
-        name = name or _FIELD_NAMES.get(exc.field) or (f"deal.{exc.field}" if exc.field.startswith(
-            ("params", "reward", "strategy", "policy")) else exc.field)
-        raise ConfigError(name, str(exc).split(": ", 1)[-1]) from None
+        raise public_error(exc, token_field=token_field, prompt_field=prompt_field) from None
 
 
 # --------------------------------------------------------------------------- chat
@@ -348,13 +392,13 @@ def prepare_chat(settings: ServerSettings, model: Any, body: ChatCompletionReque
         prompt, template_tools = prepared.messages, prepared.template_tools
     requests = [
         _build(model, prompt, decided, max_tokens=max_tokens, stop=None if choice and choice.forced else body.stop,
-               seed=None if body.seed is None else body.seed + i, chat=True, prompt_field="messages",
+               seed=_seed(body.seed, i), chat=True, prompt_field="messages",
                token_field=token_field, tools=template_tools)
         for i in range(n)
     ]
     return Prepared(requests=requests, kind="chat", model_id=body.model, strategy=decided.strategy,
                     policy=decided.policy, tools=tools, tool_choice=choice, warnings=warnings,
-                    prompt_of_choice=[0] * n)
+                    prompt_of_choice=[0] * n, token_field=token_field)
 
 
 # --------------------------------------------------------------------------- completions
@@ -383,7 +427,7 @@ def prepare_completion(settings: ServerSettings, model: Any, body: CompletionReq
     for p_index, text in enumerate(prompts):
         for i in range(n):
             requests.append(_build(model, text, decided, max_tokens=max_tokens, stop=body.stop,
-                                   seed=None if body.seed is None else body.seed + i, chat=False,
+                                   seed=_seed(body.seed, i), chat=False,
                                    prompt_field="prompt", token_field="max_tokens"))
             owners.append(p_index)
     return Prepared(requests=requests, kind="text", model_id=body.model, strategy=decided.strategy,

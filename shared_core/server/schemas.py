@@ -97,7 +97,7 @@ class _Common(_Strict):
     stream: Union[bool, None] = None
     stream_options: Union[StreamOptions, None] = None
     stop: Union[str, list[str], None] = None
-    seed: Union[int, None] = None
+    seed: Union[int, None] = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: Union[float, None] = Field(None, ge=-2, le=2)
     frequency_penalty: Union[float, None] = Field(None, ge=-2, le=2)
     logit_bias: Union[dict[str, float], None] = None

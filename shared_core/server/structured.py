@@ -53,12 +53,22 @@ class _SchemaWalker(_Walker):
 
     def __init__(self, job: DecodeJob, params: JsonSchemaParams) -> None:
         self.free_keys = params.max_free_keys
+        self.schema = params.json_schema
         wrapped = ToolCallParams(
             functions=[{"name": "response", "parameters": {"type": "object", "properties": {}}}],
             temperature=params.temperature, max_string_tokens=params.max_string_tokens,
             max_array_items=params.max_array_items, reserve_tokens=params.reserve_tokens, open_text="", close_text="",
         )
-        super().__init__(job, wrapped)
+        try:
+            super().__init__(job, wrapped)
+        except ConfigError as exc:
+            raise ConfigError(exc.field, str(exc).split(": ", 1)[-1].replace(
+                "a forced tool call needs", "a JSON answer for this schema needs")) from None
+
+    def _call_cost(self, tool: Mapping[str, Any]) -> int:
+        """Tokens of the smallest valid answer (the bare value: no tool-call wrapper around it)."""
+        self.root = self.schema
+        return self._tokens(json.dumps(self.smallest(self.schema), ensure_ascii=False))
 
     def object(self, schema: Mapping[str, Any], depth: int) -> Iterator[Sequence[int]]:
         extra = schema.get("additionalProperties")
@@ -80,11 +90,11 @@ class _SchemaWalker(_Walker):
 
     def document(self, schema: Mapping[str, Any]) -> Iterator[Sequence[int]]:
         self.root = schema
-        smallest = json.dumps(self.smallest(schema), ensure_ascii=False)
-        self.budget = self.job.remaining - self._tokens(smallest) - 1 - self.params.reserve_tokens
-        if self.budget < 0:
-            raise ConfigError("max_new_tokens", f"the smallest answer for this schema needs about "
-                                                f"{self._tokens(smallest) + 1} tokens; raise the token budget")
+        needed = self._tokens(json.dumps(self.smallest(schema), ensure_ascii=False)) + 1  # and EOS
+        if self.job.remaining < needed:
+            raise ConfigError("max_new_tokens", f"the smallest answer for this schema needs about {needed} tokens, "
+                                                f"but only {self.job.remaining} are allowed; raise the token budget")
+        self.budget = max(0, self.job.remaining - needed - self.params.reserve_tokens)
         yield from self.value(schema, 0)
         yield from self.flush()
 

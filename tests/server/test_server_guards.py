@@ -88,6 +88,10 @@ def test_body_over_the_limit_is_413(guarded_url: str) -> None:
     ({"deal": {"policy": {"reward": {"type": "classifier", "model": "x"}}}}, "deal.policy.reward"),
     ({"deal": {"reward": {"type": "classifier", "model": "/tmp", "trust_remote_code": True}}},
      "deal.reward.trust_remote_code"),
+    ({"deal": {"strategy": "transfer_q", "reward": {"type": "length", "max_words": 3},
+               "params": {"baseline": "/tmp"}}}, "deal.params.baseline"),
+    ({"deal": {"policy": {"strategy": "nope"}}}, "deal.policy.strategy"),
+    ({"temperature": 1e-300}, "temperature"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].name"),
 ])
@@ -111,6 +115,7 @@ def test_inline_model_free_rewards_are_allowed(guarded_url: str) -> None:
     ({"foo": 1}, "foo", 422),
     ({"deal": {"policy": "x", "rewards": 1}}, "deal.rewards", 422),
     ({"temperature": 5}, "temperature", 422),
+    ({"seed": 2**70}, "seed", 422),
     ({"messages": []}, "messages", 422),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", 422),
 ])

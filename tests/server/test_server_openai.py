@@ -177,3 +177,11 @@ def test_logprobs_is_a_400_naming_the_field(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="tiny", messages=HI, logprobs=True)
     assert info.value.body["param"] == "logprobs" and "log-prob" in info.value.body["message"]
+
+
+def test_token_budget_errors_name_the_field_the_request_used(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}}, "required": ["a", "b"]}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", messages=HI, max_completion_tokens=3, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert info.value.body["param"] == "max_completion_tokens" and "schema needs" in info.value.body["message"]
