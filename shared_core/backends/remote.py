@@ -310,7 +310,7 @@ class RemoteModel:
                     attempt += 1
                     continue
                 raise BackendConnectionError(
-                    f"cannot reach {url} ({type(exc).__name__}: {exc}) after {attempt + 1} attempts; is the "
+                    f"cannot reach {url} ({type(exc).__name__}: {exc}) after {_attempts(attempt)}; is the "
                     "server running and the base_url right?", url=url) from exc
             except httpx.TimeoutException as exc:
                 raise BackendTimeoutError(f"{url} did not answer within {self.timeout:g}s "
@@ -552,12 +552,19 @@ def _normalize_url(base_url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
+def _attempts(retries: int) -> str:
+    return "1 attempt" if retries == 0 else f"{retries + 1} attempts"
+
+
 def _read_body(response: Any) -> str:
+    """The start of an error answer's body; the response is closed (its connection goes back to the pool)."""
     try:
         response.read()
         return response.text[:500]
     except Exception:  # noqa: BLE001 - the status is what matters; the body is only a hint
         return ""
+    finally:
+        response.close()
 
 
 def _status_error(url: str, status: int, body: str, retries: int) -> BackendError:
@@ -569,7 +576,7 @@ def _status_error(url: str, status: int, body: str, retries: int) -> BackendErro
             detail = error.get("message", error) if isinstance(error, Mapping) else error
     except ValueError:
         pass
-    tried = f" after {retries + 1} attempts" if retries else ""
+    tried = f" after {_attempts(retries)}" if retries else ""
     if status in (401, 403):
         return BackendRequestError(f"{url} refused the request (HTTP {status}{tried}): {detail}; pass api_key=",
                                    url=url, status=status, body=body)
