@@ -59,7 +59,9 @@ def test_stream_disconnect_cancels_decoding(tiny_url: str) -> None:
         # leaving the block closes the connection mid-stream
     assert wait_idle(tiny_url, 2.0) < 2.0
     spent = forward_passes(tiny_url) - before_passes
+    turns = httpx.get(tiny_url + "/health").json()["serial_turns"]  # the scheduler's decoding steps
     time.sleep(0.3)
+    assert httpx.get(tiny_url + "/health").json()["serial_turns"] == turns  # no step after the stop
     assert forward_passes(tiny_url) - before_passes == spent  # no more model calls after the stop
     assert spent < 100  # far less than the full run
     assert cancelled_requests(tiny_url) == before_cancelled + 1
