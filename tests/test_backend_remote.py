@@ -473,3 +473,24 @@ def test_closing_a_remote_stream_cancels_it(remote: RemoteModel) -> None:
     result = deltas.result
     assert result.finish_reason == "cancelled" and result.text.startswith(first)
     assert 0 < result.stats.new_tokens < 40
+
+
+def test_local_and_remote_backends_offer_the_same_operations(remote: RemoteModel, tiny_model: LocalModel) -> None:
+    from shared_core.backends.base import Backend
+    from shared_core.backends.local import LocalBackend
+
+    local = LocalBackend(tiny_model)
+    assert isinstance(local, Backend) and isinstance(remote, Backend)
+    assert local.capabilities == LOCAL_CAPABILITIES and remote.capabilities < local.capabilities
+    ids = local.render(PROMPTS[0])
+    assert ids == remote.render(PROMPTS[0])
+    local_top, remote_top = local.top_next(ids, 5), remote.top_next(ids, 5)
+    assert local_top[0] == remote_top[0]
+    assert max(abs(a - b) for a, b in zip(local_top[1], remote_top[1])) < 1e-4
+    local_greedy = local.propose(ids, 2, max_tokens=6, temperature=0.0)
+    remote_greedy = remote.propose(ids, 2, max_tokens=6, temperature=0.0)
+    assert [c.token_ids for c in local_greedy] == [c.token_ids for c in remote_greedy]
+    assert local_greedy[0].token_ids == local_greedy[1].token_ids
+    assert local.stats.forward_passes["policy"] == 1 + 1 + 5  # top_next's prefill, then propose's prefill + steps
+    logits, cache = local.next_logits(ids)
+    assert int(logits.argmax()) == local_top[0][0] and cache.get_seq_length() == len(ids)

@@ -1,5 +1,8 @@
 """Where tokens come from: the in-process transformers model (``local``) and remote OpenAI-compatible engines.
 
+The interface (:mod:`shared_core.backends.base`): ``encode``/``decode``, ``render`` (the chat template),
+``propose`` (n continuations of a token-id prefix), ``top_next`` (the top-k next tokens), and, in
+process only, ``next_logits`` with a KV cache (:class:`~shared_core.backends.local.LocalBackend`).
 Every backend declares what it can do (:mod:`shared_core.backends.capabilities`: ``logits``,
 ``samples``, ``top_logprobs``, ``prompt_logprobs``) and every strategy what it needs
 (``Strategy.needs``); :func:`~shared_core.backends.capabilities.check_capabilities` refuses a strategy a

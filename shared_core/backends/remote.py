@@ -21,13 +21,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from shared_core.backends.base import Completion
 from shared_core.backends.capabilities import REMOTE_CAPABILITIES, check_vocabulary
 from shared_core.errors import ConfigError, DealError
 from shared_core.models import EMBEDDED_MODELS, LocalModel
@@ -90,23 +90,6 @@ class BackendFeatureError(BackendError):
 
 
 # --------------------------------------------------------------------------- results
-
-
-@dataclass
-class Completion:
-    """One continuation from the server.
-
-    ``token_ids`` are the generated ids (EOS included when the server returns it); ``logprobs`` the
-    sampled tokens' log-probs and ``top`` the top-k ``(id, logprob)`` pairs at each position (best
-    first), when they were asked for; ``finish_reason`` is the server's (``"stop"``, ``"length"``).
-    """
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None
-    logprobs: list[float] | None = None
-    top: list[list[tuple[int, float]]] | None = None
-    ids_from_text: bool = False  # the server returned no token ids: they were re-encoded from the text
 
 
 def _count(stats: GenerationStats | None, key: str, n: float = 1) -> None:
