@@ -352,7 +352,8 @@ def prepare_chat(settings: ServerSettings, model: Any, body: ChatCompletionReque
     sample = bool(body.temperature and body.temperature > 0)
     decided = _alignment(settings, alias_policy, body.deal, sample)
     explicit = dict((body.deal.params if body.deal else None) or {})
-    decided = _apply_sampling(decided, body, explicit, warnings)
+    sampling_warnings: list[str] = []
+    decided = _apply_sampling(decided, body, explicit, sampling_warnings)
     tools = normalize_tools([t.model_dump(exclude_none=True) for t in body.tools]) if body.tools else []
     choice = resolve_tool_choice(body.tool_choice, tools) if (tools or body.tool_choice not in (None, "auto",
                                                                                                "none")) else None
@@ -364,9 +365,16 @@ def prepare_chat(settings: ServerSettings, model: Any, body: ChatCompletionReque
     if (structured or (choice is not None and choice.forced)) and body.deal and body.deal.strategy:
         raise ConfigError("deal.strategy", "a forced tool call or a response_format decodes with its own strategy "
                                            "(tool_call / json_schema); leave deal.strategy out")
+    own = "a forced tool call" if choice is not None and choice.forced else "a response_format answer"
+    if (choice is not None and choice.forced) or structured:
+        dropped = [name for name, given in (("deal.params", bool(explicit)), ("the reward", decided.reward is not None),
+                                            ("top_p", body.top_p is not None and body.top_p < 1)) if given]
+        if dropped:  # data, not prose: decoded to fit the schema, without the reward (as in the adapters)
+            warnings.append(f"{', '.join(dropped)} not applied: {own} is decoded to fit its schema")
+    else:
+        warnings.extend(sampling_warnings)
     if choice is not None and choice.forced:
         check_tool_schemas([t for t in tools if t["function"]["name"] in choice.names])
-        # a forced call is data, not prose: decoded to fit the schema, without the reward (as in the adapters)
         decided = Plan(strategy="tool_call", reward=None, params=forced_call_params(tools, choice,
                        temperature=temperature), policy=decided.policy, chosen_by="argument")
     elif structured:

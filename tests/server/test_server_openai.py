@@ -185,3 +185,11 @@ def test_token_budget_errors_name_the_field_the_request_used(client: openai.Open
         client.chat.completions.create(model="tiny", messages=HI, max_completion_tokens=3, response_format={
             "type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
     assert info.value.body["param"] == "max_completion_tokens" and "schema needs" in info.value.body["message"]
+
+
+def test_alignment_a_forced_call_cannot_use_is_reported(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny:cooking", messages=HI, max_tokens=60, tools=[WEATHER], tool_choice="required", top_p=0.5)
+    warning = raw.headers["x-deal-warning"]
+    assert "the reward, top_p not applied: a forced tool call" in warning
+    assert raw.parse().model_extra["deal"]["policy"] == "cooking"
