@@ -278,6 +278,29 @@ def run_level(send: Send, clients: int, requests_each: int, guided: bool, offset
     }
 
 
+# --------------------------------------------------------------------------- a reference
+
+
+def engine_batch_reference(tokens: int, rows: int = 8) -> dict[str, Any]:
+    """The engine's own batch API in this process: ``generate`` on ``rows`` prompts at once vs on one.
+
+    A control for the machine's state: how much batching alone gains right now, without serving.
+    """
+    from shared_core import generate, load_model
+
+    lm = load_model(MODEL)
+    generate(lm, PROMPTS[0], max_new_tokens=4)
+    started = time.perf_counter()
+    one = generate(lm, PROMPTS[0], max_new_tokens=tokens)
+    one_tps = len(one.token_ids) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    batch = generate(lm, PROMPTS[:rows], max_new_tokens=tokens)
+    batch_tps = sum(len(r.token_ids) for r in batch) / (time.perf_counter() - started)
+    return {"rows": rows, "tokens": tokens, "one_prompt_tokens_per_second": round(one_tps, 2),
+            "batch_tokens_per_second": round(batch_tps, 2), "speedup": round(batch_tps / one_tps, 2),
+            "load_average_after": list(os.getloadavg())}
+
+
 # --------------------------------------------------------------------------- the plot
 
 
@@ -359,6 +382,8 @@ def main() -> int:
                              "1 is much faster on a busy shared machine (no spin-waiting second thread)")
     parser.add_argument("--max-seconds", type=float, default=3600.0,
                         help="levels not started within this many seconds are skipped (and listed in the JSON)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time the engine's batch API in this process (8 prompts at once vs one)")
     parser.add_argument("--quick", action="store_true", help="clients 1,4; 16 tokens; one request each")
     parser.add_argument("--out", default=str(RESULTS / "bench_serve.json"))
     args = parser.parse_args()
@@ -449,6 +474,9 @@ def main() -> int:
                 out.write_text(json.dumps(payload, indent=2))  # partial results survive an interruption
         if "scheduler" in senders:
             payload["scheduler_stats"] = scheduler.stats()
+    if args.reference:
+        payload["engine_batch_reference"] = engine_batch_reference(args.tokens)
+        print("engine batch reference:", payload["engine_batch_reference"], flush=True)
     payload["machine"]["load_average_at_end"] = list(os.getloadavg())
     payload["summary"] = summary(payload["results"])
     out.write_text(json.dumps(payload, indent=2))
