@@ -494,3 +494,12 @@ def test_local_and_remote_backends_offer_the_same_operations(remote: RemoteModel
     assert local.stats.forward_passes["policy"] == 1 + 1 + 5  # top_next's prefill, then propose's prefill + steps
     logits, cache = local.next_logits(ids)
     assert int(logits.argmax()) == local_top[0][0] and cache.get_seq_length() == len(ids)
+
+
+def test_token_strings_map_to_ids_or_fail_clearly(remote: RemoteModel, tiny_model: LocalModel) -> None:
+    assert remote._token_id("token_id:5") == 5
+    (the,) = tiny_model.encode(" the")
+    assert remote._token_id(" the") == the  # decoded text of one token
+    assert remote._token_id(tiny_model.tokenizer.convert_ids_to_tokens(the)) == the  # the raw token string
+    with pytest.raises(BackendFeatureError, match="does not map to one token id"):
+        remote._token_id(" antidisestablishmentarianism")
