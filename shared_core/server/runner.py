@@ -86,10 +86,10 @@ class ThreadStream(Iterator[str]):
                 for delta in inner:
                     self._push(_DELTA, delta)
                 self._result = inner.result
-                self._push(_END)
-            finally:
+            finally:  # the slot is free before the reader sees the end
                 owner._slots.release()
                 owner._finished()
+            self._push(_END)
         except BaseException as exc:  # handed to the reader, who raises it
             self._push(_ERROR, exc)
         finally:
