@@ -56,6 +56,8 @@ class ThreadStream(Iterator[str]):
     # -- the worker -------------------------------------------------------------------------------
 
     def _push(self, kind: str, value: Any = None) -> None:
+        if kind != _DELTA:
+            self._done.set()  # the result is known before a reader sees the end
         with self._lock:
             self._items.put((kind, value))
             waiters, self._waiters = self._waiters, []
