@@ -2,8 +2,9 @@
 
 Mapping: :class:`~shared_core.errors.ConfigError` -> 400 with ``param`` = its field; request bodies that
 do not fit the schema -> 422 naming the field; a full queue (any error with ``retry_after``) -> 429 with
-``Retry-After``; :class:`~shared_core.errors.ModelLoadError` -> 503; anything unexpected -> 500 with a
-generic message (the details go to the log, not to the client).
+``Retry-After``; :class:`~shared_core.errors.ModelLoadError`, a scheduler shutting down and a remote
+engine that cannot be reached -> 503; a remote engine lacking a feature or refusing a request -> 400;
+anything unexpected -> 500 with a generic message (the details go to the log, not to the client).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared_core.backends.remote import BackendError, BackendFeatureError, BackendRequestError
 from shared_core.errors import ConfigError, DealError, ModelLoadError
+from shared_core.scheduler import SchedulerClosed
 
 __all__ = ["APIError", "QueueFull", "error_body", "install_error_handlers", "to_api_error"]
 
@@ -70,6 +73,15 @@ def to_api_error(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param=exc.field, code="invalid_value")
     if isinstance(exc, ModelLoadError):
         return APIError(503, f"the model is not available: {exc}", code="model_unavailable")
+    if isinstance(exc, SchedulerClosed):
+        return APIError(503, f"the server is shutting down: {exc}", code="shutting_down")
+    if isinstance(exc, BackendFeatureError):
+        return APIError(400, f"the remote engine cannot serve this request: {exc}", param="deal.strategy",
+                        code="backend_feature_missing")
+    if isinstance(exc, BackendRequestError):
+        return APIError(400, f"the remote engine refused the request: {exc}", code="backend_rejected")
+    if isinstance(exc, BackendError):  # unreachable, timed out, or failing after retries
+        return APIError(503, f"the remote engine is not available: {exc}", code="backend_unavailable")
     if isinstance(exc, DealError):
         return APIError(500, f"generation failed: {exc}", code="generation_failed")
     log.exception("unexpected error while serving a request", exc_info=exc)

@@ -185,3 +185,18 @@ def test_prompt_over_the_context_window_is_400_naming_messages(tiny_url: str) ->
     assert "context window" in error_of(response)["message"]
     streamed = chat(tiny_url, {"messages": [{"role": "user", "content": "word " * 700}], "stream": True}, key=None)
     assert streamed.status_code == 400 and error_of(streamed)["param"] == "messages"
+
+
+def test_remote_engine_and_shutdown_errors_map_to_statuses() -> None:
+    from shared_core.backends.remote import BackendConnectionError, BackendFeatureError, BackendRequestError
+    from shared_core.errors import ModelLoadError
+    from shared_core.scheduler import SchedulerClosed
+    from shared_core.server.errors import to_api_error
+
+    cases = [(BackendConnectionError("refused"), 503, None), (BackendFeatureError("no logprobs"), 400, "deal.strategy"),
+             (BackendRequestError("bad model"), 400, None), (SchedulerClosed("closed"), 503, None),
+             (ModelLoadError("missing"), 503, None), (RuntimeError("secret detail"), 500, None)]
+    for exc, status, param in cases:
+        err = to_api_error(exc)
+        assert (err.status, err.param) == (status, param), exc
+    assert "secret detail" not in to_api_error(RuntimeError("secret detail")).message  # no internals leak
