@@ -6,8 +6,8 @@ Three routes, decided per call from the instance's settings:
 - ``remote``: ``base_url`` names an OpenAI-compatible server with ``/v1/completions``
   (``shared_core.connect_model``); the core runs the strategies that server's capabilities allow.
 - ``chat``: a chat-only model, either ``chat_model=`` (any LangChain chat model) or a ``base_url``
-  whose server has no completions endpoint (detected by ``connect_model``: the handle offers no
-  ``samples``). There are no logits, so alignment is the URIAL prompt and, with a reward, best-of-n
+  whose server has no completions endpoint (asked of the server:
+  :func:`shared_core.backends.endpoint.connect_endpoint`). There are no logits, so alignment is the URIAL prompt and, with a reward, best-of-n
   reranking of whole answers (:func:`shared_core.request.plan_chat_only`), run by
   :class:`~langchain_deal.urial.URIALChatModel`. The metadata's ``path`` and ``reason`` say so.
 """
@@ -15,10 +15,8 @@ Three routes, decided per call from the instance's settings:
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +24,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from pydantic import SecretStr
 
+from shared_core.backends.endpoint import connect_endpoint
 from shared_core.errors import ConfigError
 from shared_core.models import load_model
 from shared_core.request import ChatOnlyPlan, Plan, Request, plan_chat_only, report, request_text
@@ -35,11 +34,6 @@ from shared_core.rewards.runtime import final_score
 #: Why the chat path runs, per source (the metadata's ``reason``).
 REASON_CHAT_MODEL = "{name} is a chat model: it returns whole answers, no completions/logprobs"
 REASON_ENDPOINT = "the endpoint has no completions/logprobs"
-
-_MAX_CONNECTIONS = 32
-_connections: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_connections_lock = threading.Lock()
-
 
 @dataclass(frozen=True)
 class Route:
@@ -58,99 +52,6 @@ def secret(value: Any) -> str | None:
     if value is None:
         return None
     return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A server as one process sees it: a completions handle (``remote``), or chat only (``chat_url``)."""
-
-    name: str
-    remote: Any = None
-    chat_url: str | None = None
-
-
-def connect(base_url: str, *, model: str | None, api_key: str | None, tokenizer: str | None,
-            timeout: float | None, max_retries: int | None) -> Endpoint:
-    """Connects once per (server, model, key, tokenizer, limits) in this process.
-
-    Whether the server offers ``/v1/completions`` is detected (:func:`has_completions`), not assumed:
-    with it, ``shared_core.connect_model`` gives the handle the core decodes with; without it the
-    server is reached through its chat endpoint. LangChain builds a new model instance per configured
-    run, so the result is kept here rather than on the instance.
-    """
-    from shared_core import connect_model
-
-    key = (base_url, model, api_key, tokenizer, timeout, max_retries)
-    with _connections_lock:
-        if key in _connections:
-            _connections.move_to_end(key)
-            return _connections[key]
-    options: dict[str, Any] = {}
-    if timeout is not None:
-        options["timeout"] = timeout
-    if max_retries is not None:
-        options["max_retries"] = max_retries
-    served, completions, root = has_completions(base_url, model=model, api_key=api_key, options=options)
-    if completions:
-        remote = connect_model(base_url, model=served, api_key=api_key, tokenizer=tokenizer, **options)
-        endpoint = Endpoint(name=str(remote.name), remote=remote)
-    else:
-        endpoint = Endpoint(name=served, chat_url=root + "/v1")
-    with _connections_lock:
-        _connections[key] = endpoint
-        while len(_connections) > _MAX_CONNECTIONS:
-            _connections.popitem(last=False)
-    return endpoint
-
-
-def has_completions(base_url: str, *, model: str | None, api_key: str | None,
-                    options: dict[str, Any]) -> tuple[str, bool, str]:
-    """``(served model id, whether /v1/completions exists, server root)``, asked of the server itself.
-
-    The model id comes from ``/v1/models`` (the only one listed when ``model`` is None; a server without
-    the list needs ``model``). The probe is
-    a completions request for at most one token of an empty prompt: a server with the endpoint answers
-    it or rejects the empty prompt (400); a server without the endpoint answers 404 or 405.
-
-    Raises:
-        ConfigError: ``model`` not served, or several served and none named.
-        BackendError: the server cannot be reached or refuses the key.
-    """
-    from shared_core import BackendError, RemoteModel
-
-    probe = RemoteModel(base_url, api_key=api_key, **options)
-    try:
-        try:
-            listing = probe.get("/v1/models")
-        except BackendError as exc:
-            if exc.status != 404 or model is None:  # a chat API without a model list still needs a model id
-                raise
-            listing = {}
-        ids = [str(m["id"]) for m in (listing.get("data") or []) if isinstance(m, Mapping) and m.get("id")]
-        if model is None:
-            if len(ids) != 1:
-                raise ConfigError("model", f"{probe.base_url} serves {len(ids)} models ({', '.join(ids) or 'none'}); "
-                                           "name one with model=")
-            model = ids[0]
-        elif ids and model not in ids:
-            raise ConfigError("model", f"{model!r} is not served by {probe.base_url}; served: {', '.join(ids)}")
-        try:
-            probe.post("/v1/completions", {"model": model, "prompt": "", "max_tokens": 1})
-        except BackendError as exc:
-            if exc.status in (404, 405):
-                return model, False, probe.base_url
-            if exc.status is None or exc.status in (401, 403):
-                raise
-        return model, True, probe.base_url
-    finally:
-        probe.close()
-
-
-def is_chat_only(endpoint: Endpoint) -> bool:
-    """Whether a server answers only chat requests: no completions, or a handle that cannot sample."""
-    if endpoint.remote is None:
-        return True
-    return "samples" not in frozenset(getattr(endpoint.remote, "capabilities", ()) or ())
 
 
 def openai_chat(base_url: str, model: str, api_key: str | None, timeout: float | None,
@@ -177,11 +78,10 @@ def route(settings: Any, model: str) -> Route:
     if settings.base_url:
         served = model if "model" in settings.model_fields_set or model != settings.model else None
         key = secret(settings.api_key)
-        endpoint = connect(settings.base_url, model=served, api_key=key, tokenizer=settings.tokenizer,
-                           timeout=settings.timeout, max_retries=settings.max_retries)
-        if is_chat_only(endpoint):
-            chat_url = endpoint.chat_url or f"{endpoint.remote.base_url}/v1"
-            chat = openai_chat(chat_url, endpoint.name, key, settings.timeout, settings.max_retries)
+        endpoint = connect_endpoint(settings.base_url, model=served, api_key=key, tokenizer=settings.tokenizer,
+                                    timeout=settings.timeout, max_retries=settings.max_retries)
+        if endpoint.chat_only:
+            chat = openai_chat(endpoint.chat_base_url, endpoint.name, key, settings.timeout, settings.max_retries)
             return Route(path="chat", name=endpoint.name, chat=chat, reason=REASON_ENDPOINT, owned=True)
         return Route(path="remote", name=endpoint.name, lm=endpoint.remote)
     return Route(path="local", name=model, lm=load_model(model, device=settings.device))

@@ -6,7 +6,8 @@ Three routes, decided per call from the instance's settings:
 - ``remote``: ``base_url`` names an OpenAI-compatible server with ``/v1/completions``
   (``shared_core.connect_model``); the core runs the strategies that server's capabilities allow.
 - ``chat``: a chat-only model, either ``chat_model=`` (any LlamaIndex LLM) or a ``base_url`` whose
-  server has no completions endpoint (asked of the server: :func:`has_completions`). There are no
+  server has no completions endpoint (asked of the server:
+  :func:`shared_core.backends.endpoint.connect_endpoint`). There are no
   logits, so alignment is the URIAL prompt and, with a reward, best-of-n reranking of whole answers
   (:func:`shared_core.request.plan_chat_only`), run by :class:`~llamaindex_deal.urial.URIALLLM`.
   The report's ``path`` and ``reason`` say so.
@@ -14,9 +15,7 @@ Three routes, decided per call from the instance's settings:
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatResponse
 from llama_index.core.llms.llm import LLM
 
+from shared_core.backends.endpoint import connect_endpoint
 from shared_core.decoding.urial_mode import parse_urial_option
 from shared_core.errors import ConfigError
 from shared_core.request import ChatOnlyPlan, Plan, Request, plan_chat_only, report, request_text
@@ -33,20 +33,6 @@ from shared_core.rewards.runtime import final_score
 #: Why the chat path runs, per source (the report's ``reason``).
 REASON_CHAT_MODEL = "{name} is a chat model: it returns whole answers, no completions/logprobs"
 REASON_ENDPOINT = "the endpoint has no completions/logprobs"
-
-_MAX_CONNECTIONS = 32
-_connections: OrderedDict[tuple[Any, ...], Endpoint] = OrderedDict()
-_connections_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A server as this process sees it: a completions handle (``remote``), or chat only (``chat_url``)."""
-
-    name: str
-    remote: Any = None
-    chat_url: str | None = None
-
 
 @dataclass(frozen=True)
 class Route:
@@ -86,84 +72,6 @@ def check_backend_settings(base_url: Any, chat_model: Any, tokenizer: Any, timeo
         raise ConfigError("max_retries", f"must be an integer >= 0, got {max_retries!r}")
 
 
-# --------------------------------------------------------------------------- servers
-
-
-def connect(base_url: str, *, model: str | None, api_key: str | None, tokenizer: str | None,
-            timeout: float | None, max_retries: int | None) -> Endpoint:
-    """Connects once per (server, model, key, tokenizer, limits) in this process.
-
-    With ``/v1/completions`` (detected by :func:`has_completions`), ``shared_core.connect_model`` gives
-    the handle the core decodes with; without it, the server is reached through its chat endpoint.
-    """
-    from shared_core import connect_model
-
-    key = (base_url, model, api_key, tokenizer, timeout, max_retries)
-    with _connections_lock:
-        if key in _connections:
-            _connections.move_to_end(key)
-            return _connections[key]
-    options: dict[str, Any] = {}
-    if timeout is not None:
-        options["timeout"] = timeout
-    if max_retries is not None:
-        options["max_retries"] = max_retries
-    served, completions, root = has_completions(base_url, model=model, api_key=api_key, options=options)
-    if completions:
-        remote = connect_model(base_url, model=served, api_key=api_key, tokenizer=tokenizer, **options)
-        endpoint = Endpoint(name=str(remote.name), remote=remote)
-    else:
-        endpoint = Endpoint(name=served, chat_url=root + "/v1")
-    with _connections_lock:
-        _connections[key] = endpoint
-        while len(_connections) > _MAX_CONNECTIONS:
-            _connections.popitem(last=False)
-    return endpoint
-
-
-def has_completions(base_url: str, *, model: str | None, api_key: str | None,
-                    options: dict[str, Any]) -> tuple[str, bool, str]:
-    """``(served model id, whether /v1/completions exists, server root)``, asked of the server itself.
-
-    The model id comes from ``/v1/models`` (the only one listed when ``model`` is None; a server without
-    the list needs ``model``). The probe is
-    a completions request for at most one token of an empty prompt: a server with the endpoint answers
-    it or rejects the empty prompt (400); a server without the endpoint answers 404 or 405.
-
-    Raises:
-        ConfigError: ``model`` not served, or several served and none named.
-        BackendError: the server cannot be reached or refuses the key.
-    """
-    from shared_core import BackendError, RemoteModel
-
-    probe = RemoteModel(base_url, api_key=api_key, **options)
-    try:
-        try:
-            listing = probe.get("/v1/models")
-        except BackendError as exc:
-            if exc.status != 404 or model is None:  # a chat API without a model list still needs a model id
-                raise
-            listing = {}
-        ids = [str(m["id"]) for m in (listing.get("data") or []) if isinstance(m, Mapping) and m.get("id")]
-        if model is None:
-            if len(ids) != 1:
-                raise ConfigError("model", f"{probe.base_url} serves {len(ids)} models ({', '.join(ids) or 'none'}); "
-                                           "name one with model=")
-            model = ids[0]
-        elif ids and model not in ids:
-            raise ConfigError("model", f"{model!r} is not served by {probe.base_url}; served: {', '.join(ids)}")
-        try:
-            probe.post("/v1/completions", {"model": model, "prompt": "", "max_tokens": 1})
-        except BackendError as exc:
-            if exc.status in (404, 405):
-                return model, False, probe.base_url
-            if exc.status is None or exc.status in (401, 403):
-                raise
-        return model, True, probe.base_url
-    finally:
-        probe.close()
-
-
 def openai_like(url: str, model: str, api_key: str | None, timeout: float | None, max_retries: int | None,
                 context_window: int | None) -> LLM:
     """An ``OpenAILike`` chat client for a chat-only OpenAI-compatible endpoint."""
@@ -189,11 +97,10 @@ def route(*, model: str, base_url: str | None, served: str | None, api_key: str 
     if chat_model is not None:
         return Route(path="chat", name=llm_name(chat_model), chat=chat_model, reason=chat_model_reason(chat_model))
     if base_url:
-        endpoint = connect(base_url, model=served, api_key=api_key, tokenizer=tokenizer, timeout=timeout,
-                           max_retries=max_retries)
-        if endpoint.remote is None or "samples" not in frozenset(getattr(endpoint.remote, "capabilities", ())):
-            url = endpoint.chat_url or f"{endpoint.remote.base_url}/v1"
-            chat = openai_like(url, endpoint.name, api_key, timeout, max_retries, context_window)
+        endpoint = connect_endpoint(base_url, model=served, api_key=api_key, tokenizer=tokenizer, timeout=timeout,
+                                    max_retries=max_retries)
+        if endpoint.chat_only:
+            chat = openai_like(endpoint.chat_base_url, endpoint.name, api_key, timeout, max_retries, context_window)
             return Route(path="chat", name=endpoint.name, chat=chat, reason=REASON_ENDPOINT, owned=True)
         return Route(path="remote", name=endpoint.name, lm=endpoint.remote)
     return Route(path="local", name=model)
