@@ -146,6 +146,13 @@ class DeAL(FunctionCallingLLM, CustomLLM):
     max_retries: int | None = Field(default=None, description="Retries per server request (with base_url).")
 
     def __init__(self, **kwargs: Any) -> None:
+        fields = type(self).model_fields
+        known = set(fields) | {f.alias for f in fields.values() if f.alias}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(unknown[0], "not a field of DeAL; a strategy's own parameters go in strategy_params "
+                                          f"(e.g. strategy_params={{{unknown[0]!r}: ...}}); fields: "
+                                          + ", ".join(sorted(f for f in fields if not f.startswith("_"))))
         super().__init__(**kwargs)
         self._check()
         _tracking.install()

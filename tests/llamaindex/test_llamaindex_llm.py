@@ -184,6 +184,7 @@ def test_tool_results_and_roles_convert_to_engine_messages() -> None:
         ({"strategy": "nope"}, "strategy", "unknown strategy 'nope'; registered strategies: "),
         ({"max_new_tokens": 0}, "max_new_tokens", "must be a positive integer"),
         ({"strategy_params": {"temprature": 1.0}}, "params.temprature", "not a parameter of strategy 'greedy'"),
+        ({"n": 3}, "n", r"not a field of DeAL; a strategy's own parameters go in strategy_params"),
     ],
 )
 def test_bad_settings_fail_at_construction_before_loading(kwargs: dict, field: str, message: str) -> None:
