@@ -31,7 +31,7 @@ from shared_core.result import GenerationResult
 from shared_core.server.errors import APIError
 from shared_core.server.schemas import ChatCompletionRequest, CompletionRequest, DealOptions
 from shared_core.server.settings import ServerSettings
-from shared_core.server.structured import JSON_OBJECT_SCHEMA, check_response_schema
+from shared_core.server.structured import JSON_OBJECT_SCHEMA, check_response_schema, with_json_schema
 from shared_core.specs import Policy, loads_models, parse_policy, parse_reward_spec
 from shared_core.tools import (
     ParsedOutput,
@@ -385,8 +385,9 @@ def prepare_chat(settings: ServerSettings, model: Any, body: ChatCompletionReque
             schema = check_response_schema(fmt.json_schema.schema_)
         else:
             schema = JSON_OBJECT_SCHEMA
-        decided = Plan(strategy="json_schema", reward=None, params={"json_schema": schema, "temperature": temperature},
-                       policy=decided.policy, chosen_by="argument")
+        json_params = {"json_schema": schema, "temperature": temperature}
+        # built and checked as greedy, then decoded by the json_schema strategy (see with_json_schema)
+        decided = Plan(strategy="greedy", reward=None, params={}, policy=decided.policy, chosen_by="argument")
         hint = "Answer with JSON only" + (f", matching this JSON schema: {schema}" if fmt.type == "json_schema" else "")
         if messages[0]["role"] == "system":
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{hint}."}
@@ -404,7 +405,9 @@ def prepare_chat(settings: ServerSettings, model: Any, body: ChatCompletionReque
                token_field=token_field, tools=template_tools)
         for i in range(n)
     ]
-    return Prepared(requests=requests, kind="chat", model_id=body.model, strategy=decided.strategy,
+    if structured:
+        requests = [with_json_schema(r, json_params) for r in requests]
+    return Prepared(requests=requests, kind="chat", model_id=body.model, strategy=requests[0].strategy_name,
                     policy=decided.policy, tools=tools, tool_choice=choice, warnings=warnings,
                     prompt_of_choice=[0] * n, token_field=token_field)
 

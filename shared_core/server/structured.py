@@ -1,6 +1,7 @@
 """The ``json_schema`` strategy: an answer that is valid JSON for a schema (OpenAI's ``response_format``).
 
-It reuses the schema walker of the forced tool-call decoder (:mod:`shared_core.decoding.tool_call`): the
+The server attaches it to a request with :func:`with_json_schema`; it is not in the strategy registry
+(so ``deal.strategy`` cannot name it, and the process-wide list of strategies stays the library's). It reuses the schema walker of the forced tool-call decoder (:mod:`shared_core.decoding.tool_call`): the
 decoder writes the JSON skeleton and the model only chooses where it has a real choice. Without a
 schema (``response_format: {"type": "json_object"}``) the answer is a flat JSON object with
 model-chosen keys and string values.
@@ -8,18 +9,20 @@ model-chosen keys and string values.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
+from shared_core.decoding.base import DecodeJob, Strategy, validate_params
 from shared_core.decoding.tool_call import ToolCallParams, _Walker
 from shared_core.errors import ConfigError
+from shared_core.request import Request
 from shared_core.tools import check_schema
 
-__all__ = ["JSON_OBJECT_SCHEMA", "JsonSchemaParams", "JsonSchemaStrategy", "check_response_schema"]
+__all__ = ["JSON_OBJECT_SCHEMA", "JsonSchemaParams", "JsonSchemaStrategy", "check_response_schema", "with_json_schema"]
 
 #: The schema ``json_object`` decodes to: an object whose keys and values the model picks.
 JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -99,7 +102,6 @@ class _SchemaWalker(_Walker):
         yield from self.flush()
 
 
-@register_strategy
 class JsonSchemaStrategy(Strategy):
     """Decodes one JSON value that satisfies ``json_schema`` (the supported subset of JSON schema)."""
 
@@ -112,3 +114,10 @@ class JsonSchemaStrategy(Strategy):
         yield from walker.document(job.params.json_schema)
         if job.model.eos_token_ids:
             yield (min(job.model.eos_token_ids),)
+
+
+def with_json_schema(request: Request, params: Mapping[str, Any]) -> Request:
+    """``request`` (built and checked as a greedy one) decoding with the ``json_schema`` strategy and ``params``."""
+    checked = validate_params(JsonSchemaStrategy, dict(params))
+    plan = dataclasses.replace(request.plan, strategy=JsonSchemaStrategy.name, params=dict(params))
+    return dataclasses.replace(request, strategy=JsonSchemaStrategy, params=checked, plan=plan)
