@@ -233,6 +233,7 @@ def serve(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Most new tokens a request may ask for.")] = 1024,
     max_n: Annotated[int, typer.Option("--max-n", help="Most choices (n) per request.")] = 4,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait before new ones get 429.")] = 64,
+    max_running: Annotated[int, typer.Option("--max-running", help="Requests decoding at once (a quarter of them, at least one, reward-guided).")] = 16,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body (413 above).")] = 1_000_000,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
@@ -246,7 +247,7 @@ def serve(
     try:
         _quiet_transformers()
         limits = Limits(max_tokens=max_tokens, default_max_tokens=min(256, max_tokens), max_n=max_n,
-                        max_queue=max_queue, max_body_bytes=max_body_bytes)
+                        max_queue=max_queue, max_running=max_running, max_body_bytes=max_body_bytes)
         settings = ServerSettings(
             model=model, base_url=base_url, remote_api_key=remote_api_key, served_name=served_name,
             api_keys=tuple(api_key or ()), policies=load_policies_file(policies) if policies else {},

@@ -44,6 +44,18 @@ class Limits:
     max_running: int = 16
     max_search: int = 16
 
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_tokens", "default_max_tokens", "max_n", "max_prompt_chars", "max_running",
+                     "max_search"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ConfigError("max_queue", f"must be a non-negative integer, got {self.max_queue!r}")
+        if self.default_max_tokens > self.max_tokens:
+            raise ConfigError("default_max_tokens", f"must be at most max_tokens ({self.max_tokens}), "
+                                                    f"got {self.default_max_tokens}")
+
 
 @dataclass
 class ServerSettings:

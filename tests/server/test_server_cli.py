@@ -86,3 +86,13 @@ def test_base_url_without_a_server_is_a_clear_error() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(DealError, match="127.0.0.1"):
         load_served_model(ServerSettings(model="smollm2", base_url=url))
+
+
+def test_limits_are_checked_when_the_server_is_configured() -> None:
+    from shared_core.server import Limits
+
+    with pytest.raises(ConfigError) as info:
+        Limits(max_tokens=0)
+    assert info.value.field == "max_tokens"
+    with pytest.raises(ConfigError, match="default_max_tokens"):
+        Limits(max_tokens=8, default_max_tokens=16)
