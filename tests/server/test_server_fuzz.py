@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 20
 DECODED_FIELDS = {"model", "messages", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream"}
 
 
