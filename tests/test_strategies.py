@@ -383,3 +383,12 @@ def test_the_repetition_penalty_applies_to_every_strategy(tiny_model: LocalModel
         assert variety(penalized.token_ids) >= variety(plain.token_ids), strategy
         if variety(plain.token_ids) < 0.8:
             assert variety(penalized.token_ids) > variety(plain.token_ids), strategy
+
+
+@pytest.mark.parametrize("strategy", ["sample", "best_of_n", "speculative_rejection"])
+def test_a_vanishing_temperature_samples_like_greedy_instead_of_failing(tiny_model: LocalModel, strategy: str) -> None:
+    """A temperature of 1e-44 overflows a plain ``scores / t`` into inf - inf = NaN; it must act as greedy."""
+    greedy = generate(tiny_model, PROMPT, max_new_tokens=6)
+    extra = {} if strategy == "sample" else {"reward": lambda texts: [0.0] * len(texts), "n": 2}
+    result = generate(tiny_model, PROMPT, strategy=strategy, temperature=1e-44, seed=0, max_new_tokens=6, **extra)
+    assert result.token_ids == greedy.token_ids

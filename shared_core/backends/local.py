@@ -19,6 +19,7 @@ from shared_core.cancel import CancelToken
 from shared_core.compute import exclusive_forward
 from shared_core.hf_compat import cache_argument, output_cache
 from shared_core.models import LocalModel
+from shared_core.processors.sampling import divide_by_temperature
 from shared_core.result import GenerationStats
 
 __all__ = ["LocalBackend", "ModelRunner", "tree_mask"]
@@ -153,7 +154,8 @@ class LocalBackend:
             if temperature == 0:
                 tokens = logprobs.argmax(dim=-1)
             else:
-                tokens = torch.multinomial((logprobs / temperature).softmax(dim=-1), 1, generator=generator)[:, 0]
+                tokens = torch.multinomial(divide_by_temperature(logprobs, temperature).softmax(dim=-1), 1,
+                                            generator=generator)[:, 0]
             for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
                 if row.finish_reason is not None:
                     continue

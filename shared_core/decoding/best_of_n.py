@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared_core.decoding.args import TextRewardCache
 from shared_core.decoding.base import DecodeJob, Strategy, register_strategy
-from shared_core.processors.sampling import SamplingParams, warp_logits
+from shared_core.processors.sampling import SamplingParams, divide_by_temperature, warp_logits
 
 SHORTLIST = 256  # tokens examined before falling back to sorting the whole vocabulary
 
@@ -44,7 +44,7 @@ def nucleus(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor,
     """
     scores = logits.float()
     if params.temperature not in (0.0, 1.0):
-        scores = scores / params.temperature
+        scores = divide_by_temperature(scores, params.temperature)
     vocab = scores.shape[-1]
     width = min(params.top_k, vocab) if params.top_k > 0 else min(SHORTLIST, vocab)
     values, ids = torch.topk(scores, width, dim=-1)

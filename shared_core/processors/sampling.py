@@ -12,6 +12,7 @@ from shared_core.processors.base import LogitsProcessor, LogitsProcessorList
 
 __all__ = [
     "SamplingParams",
+    "divide_by_temperature",
     "TemperatureWarper",
     "TopKWarper",
     "TopPWarper",
@@ -46,6 +47,17 @@ class SamplingParams(BaseModel):
         return self.temperature == 0.0
 
 
+def divide_by_temperature(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``scores / temperature`` for sampling, shifted so each row's maximum is 0 first.
+
+    The shift leaves the softmax unchanged, and keeps a tiny temperature (1e-40) from turning the
+    scores into inf - inf = NaN: the best token goes to 0 and the others to -inf, which is greedy.
+    """
+    top = scores.amax(dim=-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a fully masked row stays -inf
+    return (scores - top) / temperature
+
+
 class TemperatureWarper(LogitsProcessor):
     """Divides scores by ``temperature`` (> 0)."""
 
@@ -55,7 +67,7 @@ class TemperatureWarper(LogitsProcessor):
         self.temperature = float(temperature)
 
     def __call__(self, generated: Sequence[Sequence[int]], scores: torch.Tensor) -> torch.Tensor:
-        return scores if self.temperature == 1.0 else scores / self.temperature
+        return scores if self.temperature == 1.0 else divide_by_temperature(scores, self.temperature)
 
 
 class TopKWarper(LogitsProcessor):
