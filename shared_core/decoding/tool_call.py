@@ -38,7 +38,7 @@ from shared_core.processors.sampling import SamplingParams, choose_tokens
 from shared_core.tools.render import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolChoice, normalize_tools
 from shared_core.tools.schema import check_tool_schemas
 
-__all__ = ["ToolCallParams", "ToolCallStrategy", "forced_call_params"]
+__all__ = ["SchemaWalker", "ToolCallParams", "ToolCallStrategy", "forced_call_params"]
 
 
 class ToolCallParams(BaseModel):
@@ -226,7 +226,7 @@ def _vocab_for(lm: Any) -> _Vocab:
     return cached(("tool_call_vocab", lm.source, str(lm.device), len(lm.tokenizer)), lambda: _build_vocab(lm), model=False)
 
 
-class _Walker:
+class SchemaWalker:
     """Decodes one JSON value for a schema: forced text is batched into one forward, choices are masked."""
 
     def __init__(self, job: DecodeJob, params: ToolCallParams) -> None:
@@ -578,7 +578,7 @@ class ToolCallStrategy(Strategy):
     description = "a forced tool call, decoded to fit the tool's JSON schema"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
-        walker = _Walker(job, job.params)
+        walker = SchemaWalker(job, job.params)
         yield from walker.tool_call(job.params.functions)
         if job.model.eos_token_ids:
             yield (min(job.model.eos_token_ids),)

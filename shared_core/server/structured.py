@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared_core.decoding.base import DecodeJob, Strategy, validate_params
-from shared_core.decoding.tool_call import ToolCallParams, _Walker
+from shared_core.decoding.tool_call import SchemaWalker, ToolCallParams
 from shared_core.errors import ConfigError
 from shared_core.request import Request
 from shared_core.tools import check_schema
@@ -51,7 +51,7 @@ def check_response_schema(schema: Any, field: str = "response_format.json_schema
     return dict(schema)
 
 
-class _SchemaWalker(_Walker):
+class _BareValueWalker(SchemaWalker):
     """The tool-call walker, writing one bare JSON value; objects without properties get free keys."""
 
     def __init__(self, job: DecodeJob, params: JsonSchemaParams) -> None:
@@ -110,7 +110,7 @@ class JsonSchemaStrategy(Strategy):
     description = "an answer decoded to be valid JSON for a schema (response_format)"
 
     def decode(self, job: DecodeJob) -> Iterator[Sequence[int]]:
-        walker = _SchemaWalker(job, job.params)
+        walker = _BareValueWalker(job, job.params)
         yield from walker.document(job.params.json_schema)
         if job.model.eos_token_ids:
             yield (min(job.model.eos_token_ids),)
