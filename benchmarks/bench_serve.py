@@ -125,33 +125,13 @@ def launcher() -> ModuleType:
     return module
 
 
-#: Runs ``deal serve`` with its scheduler replaced by ``shared_core.scheduler.Scheduler`` (16 batch rows): what the
-#: server decodes like once it uses the continuous-batching scheduler, for a server that does not yet.
-_WITH_SCHEDULER = """
-import sys
-import shared_core.server.app as app
-from shared_core.scheduler import Scheduler
-
-def make_scheduler(model, *, max_batch, max_queue):
-    return Scheduler(model, max_batch=max(16, max_batch), max_queue=max_queue)
-
-app.make_scheduler = make_scheduler
-from shared_core.cli import app as cli
-sys.argv = ["deal", *sys.argv[1:]]
-cli()
-"""
-
-
 @contextlib.contextmanager
-def deal_server(timeout: float = 300.0, with_scheduler: bool = False, threads: int | None = None) -> Iterator[str]:
+def deal_server(timeout: float = 300.0, threads: int | None = None) -> Iterator[str]:
     """``deal serve --model smollm2`` on a free port of 127.0.0.1; yields its base URL; killed at the end."""
     port = launcher().free_port()
     log = Path(tempfile.mkdtemp(prefix="deal-serve-")) / "deal-serve.log"
     args = ["serve", "--model", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-    if with_scheduler:
-        command = [str(ROOT / ".venv" / "bin" / "python"), "-c", _WITH_SCHEDULER, *args]
-    else:
-        command = [str(ROOT / ".venv" / "bin" / "deal"), *args]
+    command = [str(ROOT / ".venv" / "bin" / "deal"), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("OMP_NUM_THREADS", None)
     if threads:
@@ -374,8 +354,6 @@ def main() -> int:
     parser.add_argument("--guided-clients", default="1,4,8,16")
     parser.add_argument("--no-guided", action="store_true")
     parser.add_argument("--deal-url", default=None, help="use a running deal server instead of starting one")
-    parser.add_argument("--deal-with-scheduler", action="store_true",
-                        help="start deal serve with its scheduler replaced by shared_core.scheduler.Scheduler")
     parser.add_argument("--vllm-url", default=None, help="use a running vLLM server instead of starting one")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the in-process scheduler and the deal server (OMP_NUM_THREADS); "
@@ -428,14 +406,12 @@ def main() -> int:
             url = args.deal_url
             if url is None:
                 print("starting deal serve ...", flush=True)
-                url = stack.enter_context(deal_server(with_scheduler=args.deal_with_scheduler, threads=args.threads))
-            payload["settings"]["deal_with_scheduler_replaced"] = args.deal_with_scheduler
+                url = stack.enter_context(deal_server(threads=args.threads))
             info = health(url)
             payload["settings"]["deal_serve_health"] = info
             if "continuous_batching" not in info:
                 payload["notes"].append("deal serve's /health shows no continuous-batching scheduler stats: the "
-                                        "server decoded with its own per-request thread runner, not "
-                                        "shared_core.scheduler.Scheduler")
+                                        "server did not decode with shared_core.scheduler.Scheduler")
             senders["deal"] = http_sender(url, args.tokens, args.guided_tokens)
         if "scheduler" in targets:
             from shared_core import load_model
