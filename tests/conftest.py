@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -81,3 +84,61 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2: LocalModel
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: str) -> LocalModel:
     return load_model(tiny_model_dir)
+
+
+# --------------------------------------------------------------------------- a real vLLM server
+# A real vLLM server for the remote-backend tests (tests/vllm, tests/server): started once per session,
+# on first use, and stopped at the end.
+#
+# - The server runs from ``./.venv-vllm`` (``bash scripts/setup.sh --vllm``) and serves the embedded
+#   SmolLM2 model as ``smollm2`` on a free port of 127.0.0.1, logging to ``<pytest tmp>/vllm/server.log``.
+# - Without ``.venv-vllm`` the tests are skipped, unless ``DEAL_REQUIRE_VLLM=1`` (CI sets it), where a
+#   missing venv fails them: CI never passes by skipping the real server.
+# - ``DEAL_VLLM_URL=http://127.0.0.1:PORT`` reuses a server already running (started e.g. with
+#   ``.venv/bin/python scripts/vllm_server.py``) instead of starting one; start-up takes minutes.
+
+LAUNCHER = Path(__file__).resolve().parent.parent / "scripts" / "vllm_server.py"
+
+
+def _launcher() -> ModuleType:
+    """``scripts/vllm_server.py``, shared with the benchmarks (a script, not part of the package)."""
+    name = "deal_vllm_server"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, LAUNCHER)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _required() -> bool:
+    return os.environ.get("DEAL_REQUIRE_VLLM", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (no ``/v1``) of a vLLM server serving the embedded SmolLM2 model as ``smollm2``."""
+    running = os.environ.get("DEAL_VLLM_URL")
+    if running:
+        yield running.rstrip("/").removesuffix("/v1")
+        return
+    launcher = _launcher()
+    python = launcher.vllm_python()
+    if not python.exists():
+        reason = f"{python} is missing: `bash scripts/setup.sh --vllm` creates it"
+        if _required():
+            pytest.fail(f"DEAL_REQUIRE_VLLM is set but {reason}")
+        pytest.skip(reason)
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    try:
+        with launcher.vllm_server(log_path=log) as url:
+            yield url
+    except launcher.VLLMServerError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def vllm_v1(vllm_server: str) -> str:
+    """The OpenAI-compatible API root: ``BASE/v1``."""
+    return vllm_server + "/v1"

@@ -10,8 +10,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,12 @@ def live_server(settings: ServerSettings, model: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def serve() -> Callable[[ServerSettings, Any], AbstractContextManager[str]]:
+    """:func:`live_server` for test modules (a fixture, so no module imports this conftest by name)."""
+    return live_server
 
 
 @pytest.fixture(scope="session")

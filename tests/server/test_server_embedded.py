@@ -15,10 +15,8 @@ pytestmark = [pytest.mark.embedded, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
-def client(smollm2: Any) -> Iterator[openai.OpenAI]:
-    from conftest import live_server  # type: ignore[import-not-found]  # tests/server/conftest.py
-
-    with live_server(ServerSettings(model="smollm2", limits=Limits(default_max_tokens=48)), smollm2) as url:
+def client(smollm2: Any, serve: Any) -> Iterator[openai.OpenAI]:
+    with serve(ServerSettings(model="smollm2", limits=Limits(default_max_tokens=48)), smollm2) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 

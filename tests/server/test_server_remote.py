@@ -1,14 +1,13 @@
 """``deal serve --base-url``: the server decodes on a remote vLLM engine through ``connect_model``.
 
-Runs against the vLLM server named by ``DEAL_VLLM_URL`` (``http://127.0.0.1:PORT``, e.g. one started with
-``.venv/bin/python scripts/vllm_server.py``); skipped without it, so a session never starts a second
-vLLM next to the one tests/vllm starts.
+Runs against the session's real vLLM server (the ``vllm_server`` fixture in tests/conftest.py, shared
+with tests/vllm, so a session starts one at most).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -16,18 +15,12 @@ import pytest
 from shared_core.server import Limits, ServerSettings, load_served_model
 
 pytestmark = pytest.mark.vllm
-URL = os.environ.get("DEAL_VLLM_URL")
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[openai.OpenAI]:
-    if not URL:
-        pytest.skip("set DEAL_VLLM_URL to a running vLLM server serving smollm2")
-    from conftest import live_server  # type: ignore[import-not-found]  # tests/server/conftest.py
-
-    settings = ServerSettings(model="smollm2", base_url=URL.rstrip("/").removesuffix("/v1"),
-                              limits=Limits(default_max_tokens=16))
-    with live_server(settings, load_served_model(settings)) as url:
+def client(vllm_server: str, serve: Any) -> Iterator[openai.OpenAI]:
+    settings = ServerSettings(model="smollm2", base_url=vllm_server, limits=Limits(default_max_tokens=16))
+    with serve(settings, load_served_model(settings)) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
