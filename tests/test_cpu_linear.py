@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
-from shared_core.cpu_linear import SmallBatchLinear, use_small_batch_linear
+from shared_core.cpu_linear import SmallBatchLinear, takes_transposed_product, use_small_batch_linear
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Two torch threads, where the transposed product is taken (restored after the test)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_the_transposed_product_is_taken_only_for_few_rows_with_several_threads() -> None:
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert [takes_transposed_product(rows) for rows in (1, 2, 32, 33)] == [False, True, True, False]
+        torch.set_num_threads(1)
+        assert not any(takes_transposed_product(rows) for rows in (1, 2, 8, 32))
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 24), (5, 1, 24), (1, 11, 24), (3, 4, 24), (2, 40, 24), (7, 24)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_small_batch_linear_computes_the_same_product(shape: tuple[int, ...], bias: bool) -> None:
+def test_small_batch_linear_computes_the_same_product(shape: tuple[int, ...], bias: bool, two_threads: None) -> None:
     torch.manual_seed(0)
     plain = torch.nn.Linear(24, 16, bias=bias)
     fast = torch.nn.Linear(24, 16, bias=bias)
