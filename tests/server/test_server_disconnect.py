@@ -39,13 +39,14 @@ def wait_idle(url: str, bound: float) -> float:
 
 
 def test_full_run_is_long_enough_to_interrupt(tiny_url: str) -> None:
-    """The reference: the whole slow request, to compare the interrupted ones against."""
+    """The reference: the whole slow request takes over 150 forward passes; an interrupted one stays under 100.
+
+    Counted in passes, not seconds: how long 150 passes take depends on the machine.
+    """
     before = forward_passes(tiny_url)
-    started = time.monotonic()
     response = httpx.post(tiny_url + "/v1/chat/completions", json=SLOW, timeout=120)
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] > 100
-    assert time.monotonic() - started > 1.0
     assert forward_passes(tiny_url) - before > 150
 
 
