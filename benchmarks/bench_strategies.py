@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commongen_eval import machine, median, set_threads, timed, write_json  # noqa: E402
 
 from shared_core.decoding import generate  # noqa: E402
+from shared_core.hf_compat import cache_argument, output_cache  # noqa: E402
 from shared_core.models import LocalModel, load_model  # noqa: E402
 from shared_core.policies import build_reward  # noqa: E402
 
@@ -64,7 +65,7 @@ def naive_args(lm: LocalModel, prompt: str, reward: Any, max_new_tokens: int, to
     _, tokenizer = reward.load()
     with torch.inference_mode():
         out = lm.model(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
-        logits, cache = out.logits[0, -1], out.past_key_values
+        logits, cache = out.logits[0, -1], output_cache(out)
         generated: list[int] = []
         for _ in range(max_new_tokens):
             top = torch.topk(torch.log_softmax(logits.float(), dim=-1), top_k)
@@ -76,7 +77,8 @@ def naive_args(lm: LocalModel, prompt: str, reward: Any, max_new_tokens: int, to
             generated.append(token)
             if token in lm.eos_token_ids:
                 break
-            out = lm.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = lm.model(input_ids=torch.tensor([[token]]), use_cache=True, logits_to_keep=1,
+                           **{cache_argument(lm.model): cache})
             logits = out.logits[0, -1]
     return {"new_tokens": len(generated), "token_ids": generated}
 
