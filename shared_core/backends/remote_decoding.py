@@ -41,14 +41,7 @@ from shared_core.decoding.base import DecodeJob, Strategy
 from shared_core.decoding.candidates import stopped_by_string
 from shared_core.decoding.cards import _Candidate as _Segment_Candidate
 from shared_core.decoding.cards import _Cards, _Segment
-from shared_core.decoding.lookahead import (
-    MAX_REPAIRS,
-    _common_prefix,
-    _Hypothesis,
-    _NextTokens,
-    _Rollout,
-    _Search,
-)
+from shared_core.decoding.lookahead import _Hypothesis, _NextTokens, _Rollout, _Search, search_loop
 from shared_core.decoding.speculative_rejection import _Candidate, check_lengths
 from shared_core.decoding.speculative_rejection import _Search as _RejectionSearch
 from shared_core.decoding.stopping import StopState
@@ -342,50 +335,8 @@ class _RemoteDeal:
         return _Hypothesis(winner.parent.tokens + keep, 0, nxt)
 
     def run(self) -> Iterator[Sequence[int]]:
-        params = self.params
-        live = [_Hypothesis([], 0, self.first([]))]
-        best_done: _Rollout | None = None
-        emitted = 0
-        while live:
-            budget = self.job.max_new_tokens - len(live[0].tokens)
-            ranked = self.expand(live, budget)
-            kept = ranked[: params.beam_width]
-            for r in ranked:
-                if r.finished and (r in kept or r.key[0] == 2.5) and (best_done is None or r.key > best_done.key):
-                    best_done = r
-            going = [r for r in kept if not r.finished and r.rows]
-            if best_done is not None and (not going or best_done.key >= going[0].key):
-                going = []
-            live = []
-            commit = min(params.search_every, len(going[0].tokens) - 1) if going else 0
-            if going and budget > commit:
-                live = self.advance(going, commit)
-            elif best_done is not None and self._can_repair(best_done, budget):
-                repaired = self.repair(best_done)
-                if repaired is not None:
-                    live, best_done = [repaired], None
-            if live:
-                done = [best_done.ids] if best_done is not None else []
-                tokens = _common_prefix([h.tokens for h in live] + done)
-            else:
-                final = ranked[0] if best_done is None or ranked[0].key > best_done.key else best_done
-                tokens = final.ids
-            if len(tokens) > emitted:
-                yield tokens[emitted:]
-                emitted = len(tokens)
-            if not live or self.job.finished:
-                return
-
-    def _can_repair(self, winner: _Rollout, budget: int) -> bool:
-        search = self.search
-        return (
-            search.target is not None
-            and self.params.beam_width == 1
-            and winner.key[0] == 1.0
-            and search.stats["repairs"] < MAX_REPAIRS
-            and budget > self.params.lookahead + 2
-            and winner.reward >= search.rewards([winner.parent.tokens])[0]
-        )
+        yield from search_loop(self.job, self.params, _Hypothesis([], 0, self.first([])), self.expand, self.advance,
+                               self.search.can_repair, self.repair)
 
 
 def _deal(job: RemoteJob) -> Iterator[Sequence[int]]:

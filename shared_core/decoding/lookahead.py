@@ -46,7 +46,7 @@ Ending well (what the reward of a partial text cannot see):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,12 +345,31 @@ class _Search:
 def _deal_loop(job: DecodeJob, params: DealParams) -> Iterator[Sequence[int]]:
     search = _Search(job, params)
     logits, cache = job.prefill()
-    live = [_Hypothesis([], 0, search.next_tokens(logits.unsqueeze(0), [[]])[0])]
+    first = _Hypothesis([], 0, search.next_tokens(logits.unsqueeze(0), [[]])[0])
+    yield from search_loop(job, params, first,
+                           expand=lambda live, budget: search.expand(live, cache, budget),
+                           advance=lambda going, commit: search.advance(going, cache, commit),
+                           can_repair=search.can_repair,
+                           repair=lambda winner: search.repair(winner, cache))
+
+
+def search_loop(job: Any, params: DealParams, first: _Hypothesis,
+                expand: Callable[[list[_Hypothesis], int], list[_Rollout]],
+                advance: Callable[[list[_Rollout], int], list[_Hypothesis]],
+                can_repair: Callable[[_Rollout, int], bool],
+                repair: Callable[[_Rollout], _Hypothesis | None]) -> Iterator[Sequence[int]]:
+    """DeAL's search loop, whichever backend computes the rollouts (in process, or a remote server).
+
+    Each round expands the live hypotheses (``expand``: rollouts ranked best first), keeps the beam,
+    commits ``search_every`` tokens of the survivors (``advance``) or backs off a premature ending
+    (``can_repair``/``repair``), and yields the tokens every kept path agrees on.
+    """
+    live = [first]
     best_done: _Rollout | None = None
     emitted = 0
     while live:
         budget = job.max_new_tokens - len(live[0].tokens)
-        ranked = search.expand(live, cache, budget)
+        ranked = expand(live, budget)
         kept = ranked[: params.beam_width]
         # The best finished answer so far (a fallback ending counts even when live ones rank higher);
         # tokens past the point where it branches off are held back until it is beaten.
@@ -363,9 +382,9 @@ def _deal_loop(job: DecodeJob, params: DealParams) -> Iterator[Sequence[int]]:
         live = []
         commit = min(params.search_every, len(going[0].tokens) - 1) if going else 0
         if going and budget > commit:
-            live = search.advance(going, cache, commit)
-        elif best_done is not None and search.can_repair(best_done, budget):
-            repaired = search.repair(best_done, cache)
+            live = advance(going, commit)
+        elif best_done is not None and can_repair(best_done, budget):
+            repaired = repair(best_done)
             if repaired is not None:
                 live, best_done = [repaired], None
         if live:
