@@ -426,6 +426,20 @@ def test_safety_ranks_refusals_above_harmful_instructions() -> None:
     assert all(-1.0 < s < 1.0 for s in scores)
 
 
+def test_the_safety_probe_fits_inside_inference_mode_as_outside() -> None:
+    """The first safety score may come from a decoding loop under torch.inference_mode() (the scheduler's)."""
+    from shared_core.rewards.safety import fit_logistic_probe
+
+    generator = torch.Generator().manual_seed(0)
+    safe, harmful = torch.randn(12, 8, generator=generator) + 1, torch.randn(10, 8, generator=generator) - 1
+    w, b = fit_logistic_probe(safe, harmful)
+    with torch.inference_mode():
+        w_inside, b_inside = fit_logistic_probe(safe.clone(), harmful.clone())
+    torch.testing.assert_close(w_inside, w)
+    torch.testing.assert_close(b_inside, b)
+    assert float((safe @ w + b).mean()) > 0 > float((harmful @ w + b).mean())
+
+
 def test_safety_custom_exemplars_are_validated(tmp_path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"safe": ["ok"], "harmful": []}')

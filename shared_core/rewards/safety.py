@@ -106,21 +106,24 @@ def fit_logistic_probe(safe: torch.Tensor, harmful: torch.Tensor, l2: float = L2
     """
     import torch
 
-    inputs = torch.cat([safe, harmful]).float()
-    targets = torch.cat([torch.ones(len(safe)), torch.zeros(len(harmful))])
-    weights = torch.cat([torch.full((len(safe),), 0.5 / len(safe)), torch.full((len(harmful),), 0.5 / len(harmful))])
-    w = torch.zeros(inputs.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+    # The first scoring call may come from decoding code running under torch.inference_mode() (the
+    # serving scheduler does): leave it, so the fit can take gradients of ordinary tensors.
+    with torch.inference_mode(False), torch.enable_grad():
+        inputs = torch.cat([safe, harmful]).float().clone()
+        targets = torch.cat([torch.ones(len(safe)), torch.zeros(len(harmful))])
+        weights = torch.cat([torch.full((len(safe),), 0.5 / len(safe)),
+                             torch.full((len(harmful),), 0.5 / len(harmful))])
+        w = torch.zeros(inputs.shape[1], requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        optimizer = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(inputs @ w + b, targets, reduction="none")
-        loss = (losses * weights).sum() + l2 * (w * w).sum()
-        loss.backward()
-        return loss
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(inputs @ w + b, targets, reduction="none")
+            loss = (losses * weights).sum() + l2 * (w * w).sum()
+            loss.backward()
+            return loss
 
-    with torch.enable_grad():
         optimizer.step(closure)
     return w.detach(), b.detach()
 
