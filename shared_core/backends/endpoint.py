@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared_core.backends.capabilities import SAMPLES
-from shared_core.backends.remote import BackendError, RemoteModel, connect_model
-from shared_core.errors import ConfigError
+from shared_core.backends.remote import BackendError, RemoteModel, connect_model, served_model
 
 __all__ = ["MAX_ENDPOINTS", "Endpoint", "connect_endpoint", "has_completions"]
 
@@ -97,20 +96,7 @@ def has_completions(base_url: str, *, model: str | None, api_key: str | None,
     """
     probe = RemoteModel(base_url, api_key=api_key, **dict(options or {}))
     try:
-        try:
-            listing = probe.get("/v1/models")
-        except BackendError as exc:
-            if exc.status != 404 or model is None:  # a chat API without a model list still needs a model id
-                raise
-            listing = {}
-        ids = [str(m["id"]) for m in (listing.get("data") or []) if isinstance(m, Mapping) and m.get("id")]
-        if model is None:
-            if len(ids) != 1:
-                raise ConfigError("model", f"{probe.base_url} serves {len(ids)} models ({', '.join(ids) or 'none'}); "
-                                           "name one with model=")
-            model = ids[0]
-        elif ids and model not in ids:
-            raise ConfigError("model", f"{model!r} is not served by {probe.base_url}; served: {', '.join(ids)}")
+        model, _ = served_model(probe, model)
         try:
             probe.post("/v1/completions", {"model": model, "prompt": "", "max_tokens": 1})
         except BackendError as exc:

@@ -44,6 +44,7 @@ __all__ = [
     "RemoteModel",
     "ServerTokenizer",
     "connect_model",
+    "served_model",
 ]
 
 #: HTTP statuses worth another try: rate limited, bad gateway, unavailable, gateway timeout.
@@ -641,7 +642,14 @@ def connect_model(
     return remote
 
 
-def _identify(remote: RemoteModel, model: str | None) -> None:
+def served_model(remote: RemoteModel, model: str | None) -> tuple[str, dict[str, Any]]:
+    """The model id to ask ``remote`` for and its ``/v1/models`` entry (empty when the server lists none).
+
+    Without ``model`` the server must serve exactly one; a server without the list needs ``model``.
+
+    Raises:
+        ConfigError: ``model`` not served, or several served and none named.
+    """
     try:
         listing = remote.get("/v1/models")
     except BackendRequestError as exc:
@@ -657,8 +665,11 @@ def _identify(remote: RemoteModel, model: str | None) -> None:
         model = ids[0]
     elif ids and model not in ids:
         raise ConfigError("model", f"{model!r} is not served by {remote.base_url}; served: {', '.join(ids)}")
-    remote.name = model
-    remote.served = dict(next((m for m in served if m["id"] == model), {}))
+    return model, dict(next((m for m in served if str(m["id"]) == model), {}))
+
+
+def _identify(remote: RemoteModel, model: str | None) -> None:
+    remote.name, remote.served = served_model(remote, model)
     limit = remote.served.get("max_model_len")
     if isinstance(limit, int) and limit > 0:
         remote._context_window = limit
