@@ -385,11 +385,8 @@ def _speculative_rejection(job: RemoteJob) -> Iterator[Sequence[int]]:
                 done.append(candidate)
             else:
                 going.append(candidate)
-        search.finished.extend(done)
-        search.contending.extend(done)
-        winner = search.reached_target(done)
+        winner = search.record_finished(done)
         if winner is not None:
-            search.stopped_early = True
             alive = []
             break
         if going and round_ < len(checks):
@@ -397,13 +394,7 @@ def _speculative_rejection(job: RemoteJob) -> Iterator[Sequence[int]]:
         alive = going
         if not alive:
             break
-    job.stats.extra.update(candidates=p.n, sample_tokens=sampled, checks=search.checks,
-                           stopped_at_target=search.stopped_early)
-    if winner is not None:
-        chosen, score = winner, search.rewards([winner.tokens])[0]
-    else:
-        chosen, score = search.best(search.finished + alive)
-    job.stats.extra.update(chosen=chosen.index, chosen_score=score)
+    chosen = search.choose(winner, alive, sampled)
     yield chosen.tokens
     _end(job, finish.get(chosen.index))
 

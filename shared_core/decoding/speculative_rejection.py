@@ -159,11 +159,8 @@ class _Search:
                     done.append(candidate)
                 else:
                     going.append(row)
-            self.finished.extend(done)
-            self.contending.extend(done)
-            winner = self.reached_target(done)
+            winner = self.record_finished(done)
             if winner is not None:
-                self.stopped_early = True
                 alive = []
                 break
             survivors = [alive[row] for row in going]
@@ -181,13 +178,29 @@ class _Search:
                 tokens = tokens[index]
             alive = survivors
             logits = self.runner.step(cache, tokens.view(-1, 1).to(self.device))
-        job.stats.extra.update(candidates=n, sample_tokens=sampled, checks=self.checks,
-                               stopped_at_target=self.stopped_early)
+        return self.choose(winner, alive, sampled)
+
+    def record_finished(self, done: list[_Candidate]) -> _Candidate | None:
+        """Adds just-finished candidates to the final choice and to the next check's contenders; returns one
+        that scores the reward's maximum (the search then ends), else None."""
+        self.finished.extend(done)
+        self.contending.extend(done)
+        winner = self.reached_target(done)
+        if winner is not None:
+            self.stopped_early = True
+        return winner
+
+    def choose(self, winner: _Candidate | None, alive: Sequence[_Candidate], sampled: int) -> _Candidate:
+        """The answer (``winner``, else the best of every finished and still-running candidate), with the
+        search's record in ``stats.extra``."""
+        extra = self.job.stats.extra
+        extra.update(candidates=self.params.n, sample_tokens=sampled, checks=self.checks,
+                     stopped_at_target=self.stopped_early)
         if winner is not None:
             chosen, score = winner, self.rewards([winner.tokens])[0]
         else:
-            chosen, score = self.best(self.finished + alive)
-        job.stats.extra.update(chosen=chosen.index, chosen_score=score)
+            chosen, score = self.best(self.finished + list(alive))
+        extra.update(chosen=chosen.index, chosen_score=score)
         return chosen
 
 
