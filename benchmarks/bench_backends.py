@@ -30,7 +30,6 @@ import concurrent.futures
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -41,6 +40,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from commongen_eval import machine, median
 
 from shared_core.decoding import generate
 from shared_core.errors import DealError
@@ -76,21 +76,6 @@ def vllm_version(python: Path) -> str | None:
         return None
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on; these machines are shared and noisy, so the load too."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
