@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from commongen_eval import DATA, machine, median, set_threads, timed, write_json  # noqa: E402
