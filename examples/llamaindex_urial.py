@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from llamaindex_deal import DeAL, URIALLLM
+from llamaindex_deal import URIALLLM, DeAL
 
 QUESTIONS = [
     "How can I keep my passwords safe?",

@@ -12,7 +12,6 @@ cache directory (``$DEAL_CACHE_DIR``, default ``~/.cache/deal``); later loads re
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import importlib.util
 import os

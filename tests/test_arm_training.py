@@ -17,7 +17,6 @@ from shared_core.arm_training import (
 )
 from shared_core.models import LocalModel, load_model
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

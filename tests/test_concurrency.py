@@ -27,8 +27,7 @@ from typing import Any
 
 import pytest
 
-from shared_core import DealPerformanceWarning, generate, stream
-from shared_core import hf_compat, models
+from shared_core import DealPerformanceWarning, generate, hf_compat, models, stream
 from shared_core.models import LocalModel, load_model
 from shared_core.rewards import ClassifierReward, SafetyReward
 from shared_core.rewards.safety import ENCODER_LABEL, MiniLMEncoder

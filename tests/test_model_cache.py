@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from shared_core import generate
-from shared_core import models
+from shared_core import generate, models
 from shared_core.cpu_linear import use_small_batch_linear
 from shared_core.errors import ConfigError, DealError, ModelLoadError
 from shared_core.hf_compat import cache_argument, output_cache

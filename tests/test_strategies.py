@@ -352,10 +352,8 @@ STRATEGY_CASES = {
 def test_the_repetition_penalty_applies_to_every_strategy(tiny_model: LocalModel, tiny_model_dir: str,
                                                            strategy: str, monkeypatch) -> None:
     """The request's logits processors run in every strategy: a repetition penalty reaches each one's choices."""
-    from shared_core.decoding import list_strategies
+    from shared_core.decoding import get_strategy, list_strategies
     from shared_core.processors import RepetitionPenaltyProcessor
-
-    from shared_core.decoding import get_strategy
 
     built_in = {name for name in list_strategies() if get_strategy(name).__module__.startswith("shared_core.")}
     assert set(STRATEGY_CASES) >= built_in - {"urial"}, "a built-in strategy has no repetition-penalty case"
